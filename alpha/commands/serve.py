@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--stale-after", type=float, default=180.0, metavar="SECONDS",
         help="an active run with no ingest for this long is shown as stale (default 180)",
     )
+    p.add_argument(
+        "--max-checkpoint-mb", type=int, default=16384, metavar="MB",
+        help="largest checkpoint an upload may decompress to (default 16384)",
+    )
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
 
 
@@ -70,6 +74,8 @@ def _check_port_free(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise ConfigError(f"--port must be in 1..65535 (got {args.port})")
+    if args.max_checkpoint_mb <= 0:
+        raise ConfigError("--max-checkpoint-mb must be > 0")
     if args.stale_after <= 0:
         raise ConfigError("--stale-after must be > 0")
     write_secret = _secret(args.secret_env, "--secret-env")
@@ -96,10 +102,12 @@ def run(args: argparse.Namespace) -> int:
 
     from alpha.server.app import ServerSettings, create_app
     from alpha.server.store import StorageError
+    from alpha.server.uploads import UploadLimits
 
     settings = ServerSettings(
         db_path=db_path, data_dir=data_dir, write_secret=write_secret, read_secret=read_secret,
         stale_after_s=args.stale_after,
+        upload_limits=UploadLimits(max_decompressed_bytes=args.max_checkpoint_mb * 1024 * 1024),
     )
     try:
         app = create_app(settings)

@@ -151,7 +151,7 @@ def _num(value: Any) -> int | float | None:
 class Store:
     """All reads and writes of the dashboard's data. Thread-safe; writes are serialized."""
 
-    def __init__(self, path: str | Path, stale_after_s: float = 180.0, busy_timeout_ms: int = 3000) -> None:
+    def __init__(self, path: str | Path, stale_after_s: float = 180.0, busy_timeout_ms: int = 2000) -> None:
         self.path = Path(path)
         self.stale_after_s = stale_after_s
         self.busy_timeout_ms = busy_timeout_ms
