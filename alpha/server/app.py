@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
@@ -386,8 +387,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.post("/login")
     async def login(request: Request) -> Any:
-        form = await request.form()
-        token, target = str(form.get("token", "")), _local_path(str(form.get("next", "/runs")))
+        # A two-field urlencoded form: parsed here rather than adding python-multipart.
+        form = parse_qs((await read_body(request, 8192)).decode("utf-8", "replace"))
+        token = form.get("token", [""])[0]
+        target = _local_path(form.get("next", ["/runs"])[0])
         ok = settings.read_secret is None or secret_matches(token, settings.read_secret) or (
             settings.write_secret is not None and secret_matches(token, settings.write_secret)
         )

@@ -62,7 +62,8 @@ class ServerProcess:
         raise RuntimeError(f"server did not come up: {self.output()}")
 
     def output(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return Path(self.log.name).read_text()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
