@@ -124,5 +124,8 @@ def run(args: argparse.Namespace) -> int:
     uvicorn.run(
         app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
         timeout_graceful_shutdown=2,
+        # reporters post every few seconds; a long keep-alive avoids reconnects (and the race
+        # where a client reuses a connection the server is just closing)
+        timeout_keep_alive=75,
     )
     return 0
