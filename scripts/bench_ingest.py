@@ -146,7 +146,7 @@ async def bench(args: argparse.Namespace, url: str, secret: str) -> dict:
         t_end = started + args.seconds
         sent = await asyncio.gather(*(simulate_run(client, r, args, t_end, latencies, errors, retries) for r in run_ids))
         elapsed = time.monotonic() - started
-        await asyncio.sleep(1.0)  # let the last SSE messages arrive
+        await asyncio.sleep(0.5)  # let the last SSE messages arrive
         stop.set()
         viewer_task.cancel()
         lost = duplicated = stored = 0
