@@ -595,6 +595,7 @@ class Store:
         """What ``/training`` shows on connect: runs with ingest in the last ``recent_s`` seconds,
         each with its newest step records, latest sample batch and recent alerts."""
         rows = self._run_rows("WHERE r.last_ingest >= ?", [time.time() - recent_s], 50)
+        rows.sort(key=lambda run: (run["status"] != "active", -run["last_ingest"]))
         for run in rows:
             run["metrics"] = self.metrics(run["id"], last=metrics_per_run)
             batches = self._read(

@@ -140,7 +140,7 @@ def lineage_layout(rows: list[dict[str, Any]], max_generations: int) -> dict[str
     """Node positions (generation columns, one row per candidate) and parent->child edges for SVG."""
     gens = sorted({r["generation"] for r in rows})
     shown = gens[-max_generations:]
-    col_w, row_h, pad = 150, 26, 16
+    col_w, row_h, pad = 170, 26, 16
     positions: dict[str, tuple[float, float]] = {}
     nodes, height = [], 0
     for col, gen in enumerate(shown):
@@ -150,12 +150,14 @@ def lineage_layout(rows: list[dict[str, Any]], max_generations: int) -> dict[str
             positions[r["id"]] = (x, y)
             nodes.append({**r, "x": x, "y": y})
             height = max(height, y)
+    by_id = {node["id"]: node for node in nodes}
     edges = []
     for node in nodes:
         parent = node["parent_id"]
         if parent in positions and parent != node["id"]:
             px, py = positions[parent]
-            edges.append({"x1": px + 110, "y1": py, "x2": node["x"], "y2": node["y"]})
+            label_w = 12 + 6.5 * min(16, len(str(by_id[parent]["name"])))
+            edges.append({"x1": px + label_w, "y1": py, "x2": node["x"] - 7, "y2": node["y"]})
     return {
         "nodes": nodes,
         "edges": edges,

@@ -17,10 +17,28 @@
     return Number(v.toPrecision(4)).toString();
   }
 
-  function ticks(lo, hi, n) {
+  // Round tick values (1, 2 or 5 times a power of ten) covering [lo, hi].
+  function ticks(lo, hi, n, integer) {
+    const raw = (hi - lo) / n;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    const f = raw / mag;
+    let step = (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * mag;
+    if (integer) step = Math.max(1, Math.round(step));
     const out = [];
-    for (let i = 0; i <= n; i++) out.push(lo + ((hi - lo) * i) / n);
+    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(v);
     return out;
+  }
+
+  // For a log10 axis: values 1, 2 and 5 times powers of ten inside [lo, hi] (log units).
+  function logTicks(lo, hi) {
+    const out = [];
+    for (let e = Math.floor(lo); e <= Math.ceil(hi); e++) {
+      for (const m of [1, 2, 5]) {
+        const v = e + Math.log10(m);
+        if (v >= lo && v <= hi) out.push(v);
+      }
+    }
+    return out.length > 6 ? out.filter((v) => Math.abs(v - Math.round(v)) < 1e-9) : out;
   }
 
   class LineChart {
@@ -87,7 +105,9 @@
       if (x0 === x1) { x0 -= 1; x1 += 1; }
       if (y0 === y1) { y0 -= Math.abs(y0) * 0.1 || 1; y1 += Math.abs(y1) * 0.1 || 1; }
       const pad = (y1 - y0) * 0.06;
+      const nonNegative = !this.logY && y0 >= 0;
       y0 -= pad; y1 += pad;
+      if (nonNegative && y0 < 0) y0 = 0;
       const L = 54, R = 10, T = 12, B = 20;
       const sx = (x) => L + ((x - x0) / (x1 - x0)) * (w - L - R);
       const sy = (y) => T + (1 - (y - y0) / (y1 - y0)) * (h - T - B);
@@ -95,13 +115,14 @@
       g.strokeStyle = grid;
       g.fillStyle = ink;
       g.lineWidth = 1;
-      for (const y of ticks(y0, y1, 4)) {
+      for (const y of this.logY ? logTicks(y0, y1) : ticks(y0, y1, 4, false)) {
         g.beginPath(); g.moveTo(L, sy(y)); g.lineTo(w - R, sy(y)); g.stroke();
         g.fillText(fmt(this.logY ? Math.pow(10, y) : y), 4, sy(y) + 4);
       }
-      for (const x of ticks(x0, x1, 4)) {
-        const label = fmt(Math.round(x));
-        g.fillText(label, Math.min(w - R - 30, Math.max(L, sx(x) - 12)), h - 5);
+      for (const x of ticks(x0, x1, 5, true)) {
+        const label = fmt(x);
+        const tw = g.measureText(label).width;
+        g.fillText(label, Math.min(w - R - tw, Math.max(L, sx(x) - tw / 2)), h - 5);
       }
 
       this.series.forEach((s, i) => {
