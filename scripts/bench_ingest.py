@@ -33,8 +33,15 @@ import httpx
 
 def step_record(step: int) -> dict:
     record = {
-        "step": step, "loss": 6.0 / (1 + step / 500), "lr": 3e-4, "gradNorm": 0.8, "elapsed_ms": 46.0,
-        "ms_per_iter": 46.0, "tokens_per_sec": 220513.0, "clip_coef": 1.0, "clip_pct": 0.0,
+        "step": step,
+        "loss": 6.0 / (1 + step / 500),
+        "lr": 3e-4,
+        "gradNorm": 0.8,
+        "elapsed_ms": 46.0,
+        "ms_per_iter": 46.0,
+        "tokens_per_sec": 220513.0,
+        "clip_coef": 1.0,
+        "clip_pct": 0.0,
         "tokens": step * 4096,
     }
     if step % 50 == 0:
@@ -53,7 +60,9 @@ def start_server(data_dir: Path, secret: str) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "UPLOAD_SECRET": secret}
     proc = subprocess.Popen(
         [sys.executable, "-m", "alpha", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -79,9 +88,10 @@ class Viewer:
         self.connected = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(timeout=None) as client, client.stream(
-            "GET", self.url + "/api/training/live"
-        ) as stream:
+        async with (
+            httpx.AsyncClient(timeout=None) as client,
+            client.stream("GET", self.url + "/api/training/live") as stream,
+        ):
             name = None
             async for line in stream.aiter_lines():
                 if line.startswith("event: "):
@@ -96,12 +106,26 @@ class Viewer:
                     return
 
 
-async def simulate_run(client: httpx.AsyncClient, run_id: str, args: argparse.Namespace, t_end: float,
-                       latencies: list[float], errors: list[str], retries: list[str]) -> int:
-    await client.post("/api/ingest", json={
-        "type": "run_start", "runId": run_id, "domain": "chat", "totalParams": 1_000_000,
-        "modelConfig": {"nLayer": 2, "nEmbd": 32, "nHead": 2}, "trainConfig": {"iters": 10**6},
-    })
+async def simulate_run(
+    client: httpx.AsyncClient,
+    run_id: str,
+    args: argparse.Namespace,
+    t_end: float,
+    latencies: list[float],
+    errors: list[str],
+    retries: list[str],
+) -> int:
+    await client.post(
+        "/api/ingest",
+        json={
+            "type": "run_start",
+            "runId": run_id,
+            "domain": "chat",
+            "totalParams": 1_000_000,
+            "modelConfig": {"nLayer": 2, "nEmbd": 32, "nHead": 2},
+            "trainConfig": {"iters": 10**6},
+        },
+    )
     step, next_send = 0, time.monotonic()
     while time.monotonic() < t_end:
         if args.mode == "paced":
@@ -144,18 +168,23 @@ async def bench(args: argparse.Namespace, url: str, secret: str) -> dict:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client:
         started = time.monotonic()
         t_end = started + args.seconds
-        sent = await asyncio.gather(*(simulate_run(client, r, args, t_end, latencies, errors, retries) for r in run_ids))
+        sent = await asyncio.gather(
+            *(simulate_run(client, r, args, t_end, latencies, errors, retries) for r in run_ids)
+        )
         elapsed = time.monotonic() - started
         await asyncio.sleep(0.5)  # let the last SSE messages arrive
         stop.set()
         viewer_task.cancel()
         lost = duplicated = stored = 0
-        for run_id, last_step in zip(run_ids, sent):
+        for run_id, last_step in zip(run_ids, sent, strict=True):
             steps: list[int] = []
             after = -1
             while True:
-                page = (await client.get(f"/api/runs/{run_id}/metrics",
-                                         params={"after_step": after, "limit": 100_000})).json()
+                page = (
+                    await client.get(
+                        f"/api/runs/{run_id}/metrics", params={"after_step": after, "limit": 100_000}
+                    )
+                ).json()
                 if not page:
                     break
                 steps += [r["step"] for r in page]
@@ -167,11 +196,20 @@ async def bench(args: argparse.Namespace, url: str, secret: str) -> dict:
     sse_rows = sum(viewer.rows.get(r, 0) for r in run_ids)
     latencies.sort()
     return {
-        "mode": args.mode, "runs": args.runs, "batch": args.batch, "seconds": round(elapsed, 2),
-        "requests": len(latencies), "errors": len(errors), "error_samples": errors[:5],
+        "mode": args.mode,
+        "runs": args.runs,
+        "batch": args.batch,
+        "seconds": round(elapsed, 2),
+        "requests": len(latencies),
+        "errors": len(errors),
+        "error_samples": errors[:5],
         "connection_retries": len(retries),
-        "rows_sent": rows_sent, "rows_stored": stored, "lost": lost, "duplicated": duplicated,
-        "sse_rows": sse_rows, "sse_missing": rows_sent - sse_rows,
+        "rows_sent": rows_sent,
+        "rows_stored": stored,
+        "lost": lost,
+        "duplicated": duplicated,
+        "sse_rows": sse_rows,
+        "sse_missing": rows_sent - sse_rows,
         "rows_per_s": round(stored / elapsed, 1),
         "latency_ms": {
             "p50": round(1000 * statistics.median(latencies), 1) if latencies else None,
@@ -188,7 +226,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=10, help="step records per metrics message")
     parser.add_argument("--mode", choices=("paced", "max"), default="paced")
     parser.add_argument("--url", help="a running server (default: start one)")
-    parser.add_argument("--secret-env", default="UPLOAD_SECRET", help="env var with the server's write secret")
+    parser.add_argument(
+        "--secret-env", default="UPLOAD_SECRET", help="env var with the server's write secret"
+    )
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line")
     args = parser.parse_args()
     if args.runs < 1 or args.seconds <= 0 or args.batch < 1:
@@ -211,11 +251,20 @@ def main() -> int:
         print(json.dumps(result))
     else:
         print(f"{result['mode']}: {result['runs']} runs x batch {result['batch']} for {result['seconds']} s")
-        print(f"  rows sent {result['rows_sent']}, stored {result['rows_stored']}, lost {result['lost']}, "
-              f"duplicated {result['duplicated']}, SSE viewer got {result['sse_rows']}")
-        print(f"  ingest {result['rows_per_s']} rows/s; request latency ms {result['latency_ms']}; "
-              f"errors {result['errors']}")
-    ok = result["lost"] == 0 and result["duplicated"] == 0 and result["sse_missing"] == 0 and not result["errors"]
+        print(
+            f"  rows sent {result['rows_sent']}, stored {result['rows_stored']}, lost {result['lost']}, "
+            f"duplicated {result['duplicated']}, SSE viewer got {result['sse_rows']}"
+        )
+        print(
+            f"  ingest {result['rows_per_s']} rows/s; request latency ms {result['latency_ms']}; "
+            f"errors {result['errors']}"
+        )
+    ok = (
+        result["lost"] == 0
+        and result["duplicated"] == 0
+        and result["sse_missing"] == 0
+        and not result["errors"]
+    )
     return 0 if ok else 1
 
 

@@ -22,22 +22,34 @@ HELP = "run the training dashboard server (ingest API, live view, run history)"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    p.add_argument("--data-dir", default="outputs", help="uploaded checkpoints and run files (default ./outputs)")
+    p.add_argument(
+        "--data-dir", default="outputs", help="uploaded checkpoints and run files (default ./outputs)"
+    )
     p.add_argument("--db", default=None, help="SQLite database file (default <data-dir>/alpha.db)")
     p.add_argument(
-        "--secret-env", default="UPLOAD_SECRET", metavar="NAME",
+        "--secret-env",
+        default="UPLOAD_SECRET",
+        metavar="NAME",
         help="environment variable holding the write secret for ingest and uploads (default UPLOAD_SECRET)",
     )
     p.add_argument(
-        "--read-secret-env", default=None, metavar="NAME",
+        "--read-secret-env",
+        default=None,
+        metavar="NAME",
         help="environment variable holding a secret that pages and read APIs then require",
     )
     p.add_argument(
-        "--stale-after", type=float, default=180.0, metavar="SECONDS",
+        "--stale-after",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
         help="an active run with no ingest for this long is shown as stale (default 180)",
     )
     p.add_argument(
-        "--max-checkpoint-mb", type=int, default=16384, metavar="MB",
+        "--max-checkpoint-mb",
+        type=int,
+        default=16384,
+        metavar="MB",
         help="largest checkpoint an upload may decompress to (default 16384)",
     )
     p.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
@@ -81,7 +93,9 @@ def run(args: argparse.Namespace) -> int:
     write_secret = _secret(args.secret_env, "--secret-env")
     read_secret = _secret(args.read_secret_env, "--read-secret-env")
     if args.read_secret_env and read_secret is None:
-        raise ConfigError(f"--read-secret-env {args.read_secret_env}: that environment variable is empty or unset")
+        raise ConfigError(
+            f"--read-secret-env {args.read_secret_env}: that environment variable is empty or unset"
+        )
     if not is_loopback(args.host) and write_secret is None:
         raise ConfigError(
             f"refusing to listen on {args.host} without a write secret: set {args.secret_env} "
@@ -105,7 +119,10 @@ def run(args: argparse.Namespace) -> int:
     from alpha.server.uploads import UploadLimits
 
     settings = ServerSettings(
-        db_path=db_path, data_dir=data_dir, write_secret=write_secret, read_secret=read_secret,
+        db_path=db_path,
+        data_dir=data_dir,
+        write_secret=write_secret,
+        read_secret=read_secret,
         stale_after_s=args.stale_after,
         upload_limits=UploadLimits(max_decompressed_bytes=args.max_checkpoint_mb * 1024 * 1024),
     )
@@ -115,14 +132,27 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot open database {db_path}: {exc}") from None
     url_host = f"[{args.host}]" if ":" in args.host else args.host
     notes = [f"db {db_path}", f"data {data_dir}"]
-    notes.append("writes need the secret" if write_secret else f"writes are open ({args.secret_env} unset; loopback only)")
+    notes.append(
+        "writes need the secret"
+        if write_secret
+        else f"writes are open ({args.secret_env} unset; loopback only)"
+    )
     notes.append("reads need the read secret" if read_secret else "reads are public")
-    print(f"alpha dashboard on http://{url_host}:{args.port}  ({'; '.join(notes)})", file=sys.stderr, flush=True)
+    print(
+        f"alpha dashboard on http://{url_host}:{args.port}  ({'; '.join(notes)})", file=sys.stderr, flush=True
+    )
     if not is_loopback(args.host) and read_secret is None:
-        print("[warn] pages and read APIs are public on this address; set --read-secret-env to protect them",
-              file=sys.stderr, flush=True)
+        print(
+            "[warn] pages and read APIs are public on this address; set --read-secret-env to protect them",
+            file=sys.stderr,
+            flush=True,
+        )
     uvicorn.run(
-        app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
         timeout_graceful_shutdown=2,
         # reporters post every few seconds; a long keep-alive avoids reconnects (and the race
         # where a client reuses a connection the server is just closing)

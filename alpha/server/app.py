@@ -100,7 +100,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
     hub = LiveHub()
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters.update(
-        num=views.fmt_num, params=views.fmt_params, nbytes=views.fmt_bytes, ago=views.fmt_ago,
+        num=views.fmt_num,
+        params=views.fmt_params,
+        nbytes=views.fmt_bytes,
+        ago=views.fmt_ago,
         winner=views.winner_name,
     )
 
@@ -165,10 +168,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
         if kind == "run_start":
             await run_in_threadpool(store.run_start, run_id, body)
-            hub.publish("run_start", {
-                "runId": run_id, "domain": body.get("domain"), "modelConfig": body.get("modelConfig"),
-                "trainConfig": body.get("trainConfig"), "totalParams": body.get("totalParams"),
-            })
+            hub.publish(
+                "run_start",
+                {
+                    "runId": run_id,
+                    "domain": body.get("domain"),
+                    "modelConfig": body.get("modelConfig"),
+                    "trainConfig": body.get("trainConfig"),
+                    "totalParams": body.get("totalParams"),
+                },
+            )
             return {"ok": True}
 
         if kind == "metrics":
@@ -187,10 +196,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if kind == "samples":
             batch = protocol.normalize_samples(body)
             step = await run_in_threadpool(store.add_samples, run_id, batch)
-            hub.publish("samples", {
-                "runId": run_id, "step": step, "trend": body.get("trend"),
-                "samples": [{"prompt": p, "output": o} for p, o in batch.samples],
-            })
+            hub.publish(
+                "samples",
+                {
+                    "runId": run_id,
+                    "step": step,
+                    "trend": body.get("trend"),
+                    "samples": [{"prompt": p, "output": o} for p, o in batch.samples],
+                },
+            )
             return {"ok": True, "step": step}
 
         raw_events = [body.get("event")] if kind == "event" else protocol.batch_of(body, "events")
@@ -206,10 +220,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
             if any(e.kind == "training_complete" or e.kind in protocol.FAILURE_KINDS for e in inserted):
                 run = await run_in_threadpool(store.get_run, run_id)
                 if run:
-                    hub.publish("run_complete", {
-                        "runId": run_id, "finalStep": run["latest_step"], "status": run["status"],
-                        "outcome": run["outcome"],
-                    })
+                    hub.publish(
+                        "run_complete",
+                        {
+                            "runId": run_id,
+                            "finalStep": run["latest_step"],
+                            "status": run["status"],
+                            "outcome": run["outcome"],
+                        },
+                    )
         return {"ok": True, "stored": len(inserted), "duplicates": len(events) - len(inserted)}
 
     @app.post("/api/ingest/complete")
@@ -223,9 +242,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
         outcome = protocol.outcome_of(body.get("status"))
         reason = body.get("reason") if isinstance(body.get("reason"), str) else None
         status = await run_in_threadpool(store.complete, run_id, final_step, outcome, reason)
-        hub.publish("run_complete", {
-            "runId": run_id, "finalStep": final_step, "status": status, "outcome": outcome, "reason": reason,
-        })
+        hub.publish(
+            "run_complete",
+            {
+                "runId": run_id,
+                "finalStep": final_step,
+                "status": status,
+                "outcome": outcome,
+                "reason": reason,
+            },
+        )
         return {"ok": True, "status": status}
 
     # -- checkpoint uploads --------------------------------------------------------------------
@@ -266,14 +292,28 @@ def create_app(settings: ServerSettings) -> FastAPI:
         done = await run_in_threadpool(uploads.assemble, body)
         config = body.get("config") if isinstance(body.get("config"), dict) else None
         await run_in_threadpool(
-            store.add_checkpoint, done.run_id, done.step, done.filename, done.relative_path, done.size,
-            done.sha256, done.upload_sha256, config,
+            store.add_checkpoint,
+            done.run_id,
+            done.step,
+            done.filename,
+            done.relative_path,
+            done.size,
+            done.sha256,
+            done.upload_sha256,
+            config,
         )
-        hub.publish("checkpoint", {"runId": done.run_id, "step": done.step, "filename": done.filename,
-                                   "bytes": done.size})
+        hub.publish(
+            "checkpoint",
+            {"runId": done.run_id, "step": done.step, "filename": done.filename, "bytes": done.size},
+        )
         return {
-            "ok": True, "name": done.run_id, "step": done.step, "path": done.relative_path,
-            "bytes": done.size, "sha256": done.upload_sha256, "fileSha256": done.sha256,
+            "ok": True,
+            "name": done.run_id,
+            "step": done.step,
+            "path": done.relative_path,
+            "bytes": done.size,
+            "sha256": done.upload_sha256,
+            "fileSha256": done.sha256,
         }
 
     # -- read APIs -----------------------------------------------------------------------------
@@ -283,8 +323,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return {"ok": True, "schemaVersion": store.schema_version(), "viewers": hub.viewers}
 
     @app.get("/api/runs")
-    async def api_runs(request: Request, status: str | None = None, domain: str | None = None,
-                       limit: int = 100) -> list[dict[str, Any]]:
+    async def api_runs(
+        request: Request, status: str | None = None, domain: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
         require_read(request)
         return await run_in_threadpool(store.list_runs, status, domain, max(1, min(limit, 5000)))
 
@@ -300,13 +341,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return await _run_or_404(run_id)
 
     @app.get("/api/runs/{run_id}/metrics")
-    async def api_metrics(request: Request, run_id: str, after_step: int | None = None, limit: int = 10_000,
-                          last: int | None = None, max_points: int | None = None) -> Any:
+    async def api_metrics(
+        request: Request,
+        run_id: str,
+        after_step: int | None = None,
+        limit: int = 10_000,
+        last: int | None = None,
+        max_points: int | None = None,
+    ) -> Any:
         require_read(request)
         if max_points is not None:
             return await run_in_threadpool(store.chart_series, run_id, max(10, min(max_points, 50_000)))
         return await run_in_threadpool(
-            store.metrics, run_id, after_step, max(1, min(limit, 100_000)),
+            store.metrics,
+            run_id,
+            after_step,
+            max(1, min(limit, 100_000)),
             None if last is None else max(1, min(last, 100_000)),
         )
 
@@ -316,11 +366,23 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return await run_in_threadpool(store.sample_batches, run_id, step)
 
     @app.get("/api/runs/{run_id}/events")
-    async def api_events(request: Request, run_id: str, from_id: int = 0, kind: str | None = None,
-                         level: str | None = None, limit: int = 500, last: int | None = None) -> Any:
+    async def api_events(
+        request: Request,
+        run_id: str,
+        from_id: int = 0,
+        kind: str | None = None,
+        level: str | None = None,
+        limit: int = 500,
+        last: int | None = None,
+    ) -> Any:
         require_read(request)
         return await run_in_threadpool(
-            store.events, run_id, from_id, kind, level, max(1, min(limit, 5000)),
+            store.events,
+            run_id,
+            from_id,
+            kind,
+            level,
+            max(1, min(limit, 5000)),
             None if last is None else max(1, min(last, 5000)),
         )
 
@@ -371,7 +433,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 hub.unsubscribe(subscriber)
 
         return StreamingResponse(
-            stream(), media_type="text/event-stream",
+            stream(),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -391,8 +454,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         form = parse_qs((await read_body(request, 8192)).decode("utf-8", "replace"))
         token = form.get("token", [""])[0]
         target = _local_path(form.get("next", ["/runs"])[0])
-        ok = settings.read_secret is None or secret_matches(token, settings.read_secret) or (
-            settings.write_secret is not None and secret_matches(token, settings.write_secret)
+        ok = (
+            settings.read_secret is None
+            or secret_matches(token, settings.read_secret)
+            or (settings.write_secret is not None and secret_matches(token, settings.write_secret))
         )
         if not ok:
             return templates.TemplateResponse(
@@ -431,11 +496,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
         events = await run_in_threadpool(store.events, run_id, 0, None, None, 1000, 1000)
         checkpoints = await run_in_threadpool(store.checkpoints, run_id)
         generations = await run_in_threadpool(store.symbio_generations, run_id)
-        return templates.TemplateResponse(request, "run.html", {
-            "page": "runs", "run": run, "series": series, "samples": samples,
-            "events": list(reversed(events)), "checkpoints": checkpoints,
-            "symbio": views.symbio_view(generations),
-        })
+        return templates.TemplateResponse(
+            request,
+            "run.html",
+            {
+                "page": "runs",
+                "run": run,
+                "series": series,
+                "samples": samples,
+                "events": list(reversed(events)),
+                "checkpoints": checkpoints,
+                "symbio": views.symbio_view(generations),
+            },
+        )
 
     return app
 
@@ -447,7 +520,11 @@ def _local_path(target: str) -> str:
 
 def _event_record(event: protocol.EventRow) -> dict[str, Any]:
     return {
-        "id": event.client_id, "step": event.step, "level": event.level, "kind": event.kind,
-        "message": event.message, "payload": json.loads(event.payload_json) if event.payload_json else None,
+        "id": event.client_id,
+        "step": event.step,
+        "level": event.level,
+        "kind": event.kind,
+        "message": event.message,
+        "payload": json.loads(event.payload_json) if event.payload_json else None,
         "timestamp": event.created_at,
     }

@@ -9,6 +9,7 @@ memory grow or slowing ingest down.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
@@ -54,10 +55,8 @@ class LiveHub:
         if loop is None or not self._subscribers or loop.is_closed():
             return
         message = sse_message(name, data)
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is shutting down
             loop.call_soon_threadsafe(self._fan_out, message)
-        except RuntimeError:  # loop shutting down
-            pass
 
     def _fan_out(self, message: str) -> None:
         for subscriber in list(self._subscribers):
@@ -71,8 +70,6 @@ class LiveHub:
         """Tell every viewer's stream to end (server shutdown)."""
         for subscriber in list(self._subscribers):
             subscriber.dropped = True
-            try:
+            with contextlib.suppress(asyncio.QueueFull):
                 subscriber.queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
         self._subscribers.clear()

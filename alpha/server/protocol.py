@@ -11,6 +11,7 @@ any field we do not know in an ``extra`` JSON object, so nothing a trainer sends
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -192,10 +193,8 @@ def metric_to_wire(row: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         if kind == "json":
-            try:
+            with contextlib.suppress(TypeError, ValueError):
                 value = json.loads(value)
-            except (TypeError, ValueError):
-                pass
         record[wire] = value
     if row.get("extra"):
         record.update(json.loads(row["extra"]))

@@ -14,6 +14,7 @@ row (idempotent, and a rolled-back run shows what it actually trained), samples 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -198,10 +199,8 @@ class Store:
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
 
     def _read(self, sql: str, params: tuple | list = ()) -> list[sqlite3.Row]:
         try:
@@ -310,8 +309,18 @@ class Store:
                    best_val_loss = CASE WHEN ? IS NULL THEN best_val_loss
                                         WHEN best_val_loss IS NULL THEN ? ELSE MIN(best_val_loss, ?) END,
                    updated_at = ?, last_ingest = ? WHERE id = ?""",
-                (last["step"], last["loss"], last["loss"], last["step"], best_val, best_val, best_val,
-                 now_iso, now, run_id),
+                (
+                    last["step"],
+                    last["loss"],
+                    last["loss"],
+                    last["step"],
+                    best_val,
+                    best_val,
+                    best_val,
+                    now_iso,
+                    now,
+                    run_id,
+                ),
             )
         return len(rows)
 
@@ -330,7 +339,8 @@ class Store:
             if step is None:
                 step = conn.execute("SELECT latest_step FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
             conn.executemany(
-                "INSERT INTO samples (run_id, step, idx, prompt, output, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+                "INSERT INTO samples (run_id, step, idx, prompt, output, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (run_id, step, idx) DO UPDATE SET prompt = excluded.prompt,"
                 " output = excluded.output",
                 [(run_id, step, i, p, o, now_iso) for i, (p, o) in enumerate(batch.samples)],
@@ -357,8 +367,16 @@ class Store:
                 cursor = conn.execute(
                     "INSERT INTO events (run_id, client_id, step, level, kind, message, payload_json,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, client_id) DO NOTHING",
-                    (run_id, ev.client_id, ev.step, ev.level, ev.kind, ev.message, ev.payload_json,
-                     ev.created_at),
+                    (
+                        run_id,
+                        ev.client_id,
+                        ev.step,
+                        ev.level,
+                        ev.kind,
+                        ev.message,
+                        ev.payload_json,
+                        ev.created_at,
+                    ),
                 )
                 if cursor.rowcount == 1:
                     inserted.append(ev)
@@ -387,7 +405,9 @@ class Store:
             self._finish(conn, run_id, ev.step, "failed", ev.message)
 
     @staticmethod
-    def _finish(conn: sqlite3.Connection, run_id: str, step: int | None, outcome: str, reason: str | None) -> None:
+    def _finish(
+        conn: sqlite3.Connection, run_id: str, step: int | None, outcome: str, reason: str | None
+    ) -> None:
         conn.execute(
             "UPDATE runs SET status = ?, outcome = ?, status_reason = ?,"
             " latest_step = MAX(latest_step, COALESCE(?, 0)) WHERE id = ?",
@@ -400,12 +420,21 @@ class Store:
         with self._write() as conn:
             self._ensure_run(conn, run_id, now_iso, now)
             self._finish(conn, run_id, final_step, outcome, reason)
-            conn.execute("UPDATE runs SET updated_at = ?, last_ingest = ? WHERE id = ?", (now_iso, now, run_id))
+            conn.execute(
+                "UPDATE runs SET updated_at = ?, last_ingest = ? WHERE id = ?", (now_iso, now, run_id)
+            )
         return OUTCOME_STATUS[outcome]
 
     def add_checkpoint(
-        self, run_id: str, step: int, filename: str, path: str, size: int, sha256: str,
-        upload_sha256: str | None, config: dict[str, Any] | None,
+        self,
+        run_id: str,
+        step: int,
+        filename: str,
+        path: str,
+        size: int,
+        sha256: str,
+        upload_sha256: str | None,
+        config: dict[str, Any] | None,
     ) -> None:
         """Record an uploaded checkpoint; a run known only from its upload gets a row too."""
         now, now_iso = time.time(), utc_now_iso()
@@ -416,11 +445,20 @@ class Store:
                 conn.execute(
                     "INSERT INTO runs (id, domain, status, model_config, train_config, latest_step,"
                     " created_at, updated_at, last_ingest) VALUES (?, ?, 'completed', ?, ?, ?, ?, ?, ?)",
-                    (run_id, str(config.get("domain") or "unknown"), json.dumps(config.get("modelConfig") or {}),
-                     json.dumps(config.get("trainConfig") or {}), step, now_iso, now_iso, now),
+                    (
+                        run_id,
+                        str(config.get("domain") or "unknown"),
+                        json.dumps(config.get("modelConfig") or {}),
+                        json.dumps(config.get("trainConfig") or {}),
+                        step,
+                        now_iso,
+                        now_iso,
+                        now,
+                    ),
                 )
             conn.execute(
-                "INSERT INTO checkpoints (run_id, filename, step, path, bytes, sha256, upload_sha256, created_at)"
+                "INSERT INTO checkpoints"
+                " (run_id, filename, step, path, bytes, sha256, upload_sha256, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, filename) DO UPDATE SET"
                 " step = excluded.step, path = excluded.path, bytes = excluded.bytes,"
                 " sha256 = excluded.sha256, upload_sha256 = excluded.upload_sha256,"
@@ -448,10 +486,8 @@ class Store:
         run["status"] = run.pop("live_status")
         for column in RUN_JSON_COLUMNS:
             if run.get(column) is not None:
-                try:
+                with contextlib.suppress(ValueError):
                     run[column] = json.loads(run[column])
-                except ValueError:
-                    pass
         run["symbio"] = bool(run["symbio"])
         return run
 
@@ -476,7 +512,8 @@ class Store:
         """Full step records in step order: after a step (incremental polling) or the newest ``last``."""
         if last is not None:
             rows = self._read(
-                "SELECT * FROM (SELECT * FROM metrics WHERE run_id = ? ORDER BY step DESC LIMIT ?) ORDER BY step",
+                "SELECT * FROM (SELECT * FROM metrics WHERE run_id = ? ORDER BY step DESC LIMIT ?)"
+                " ORDER BY step",
                 (run_id, last),
             )
         else:
@@ -487,7 +524,9 @@ class Store:
         return [metric_to_wire(dict(row)) for row in rows]
 
     def metric_steps(self, run_id: str) -> list[int]:
-        return [row[0] for row in self._read("SELECT step FROM metrics WHERE run_id = ? ORDER BY step", (run_id,))]
+        return [
+            row[0] for row in self._read("SELECT step FROM metrics WHERE run_id = ? ORDER BY step", (run_id,))
+        ]
 
     def chart_series(self, run_id: str, max_points: int = 2000) -> dict[str, Any]:
         """The whole run for the charts, at most about ``max_points`` rows.
@@ -497,7 +536,9 @@ class Store:
         rows (val_loss) are kept with their own stride. The newest step is always included.
         """
         cols = ", ".join(CHART_COLUMNS)
-        total = self._read("SELECT COUNT(*), MIN(step), MAX(step) FROM metrics WHERE run_id = ?", (run_id,))[0]
+        total = self._read("SELECT COUNT(*), MIN(step), MAX(step) FROM metrics WHERE run_id = ?", (run_id,))[
+            0
+        ]
         count, first, last = total[0], total[1], total[2]
         if count <= max_points:
             rows = self._read(f"SELECT {cols} FROM metrics WHERE run_id = ? ORDER BY step", (run_id,))
@@ -522,7 +563,8 @@ class Store:
                 data.pop("_agg")
                 picked[data["step"]] = data
         evals = self._read(
-            f"SELECT {cols} FROM metrics WHERE run_id = ? AND val_loss IS NOT NULL AND step < ? ORDER BY step",
+            f"SELECT {cols} FROM metrics WHERE run_id = ? AND val_loss IS NOT NULL AND step < ?"
+            " ORDER BY step",
             (run_id, tail_start),
         )
         stride = max(1, len(evals) // max(1, max_points // 4))
@@ -552,15 +594,24 @@ class Store:
         for row in rows:
             batch = batches.setdefault(
                 row["step"],
-                {"step": row["step"], "created_at": row["created_at"],
-                 "trend": json.loads(row["trend"]) if row["trend"] else None, "samples": []},
+                {
+                    "step": row["step"],
+                    "created_at": row["created_at"],
+                    "trend": json.loads(row["trend"]) if row["trend"] else None,
+                    "samples": [],
+                },
             )
             batch["samples"].append({"prompt": row["prompt"], "output": row["output"]})
         return list(batches.values())
 
     def events(
-        self, run_id: str, from_id: int = 0, kind: str | None = None, level: str | None = None,
-        limit: int = 500, last: int | None = None,
+        self,
+        run_id: str,
+        from_id: int = 0,
+        kind: str | None = None,
+        level: str | None = None,
+        limit: int = 500,
+        last: int | None = None,
     ) -> list[dict[str, Any]]:
         clauses, params = ["run_id = ?", "id > ?"], [run_id, from_id]
         if kind:
@@ -598,13 +649,9 @@ class Store:
         rows.sort(key=lambda run: (run["status"] != "active", -run["last_ingest"]))
         for run in rows:
             run["metrics"] = self.metrics(run["id"], last=metrics_per_run)
-            batches = self._read(
-                "SELECT MAX(step) FROM samples WHERE run_id = ?", (run["id"],)
-            )[0][0]
+            batches = self._read("SELECT MAX(step) FROM samples WHERE run_id = ?", (run["id"],))[0][0]
             run["samples"] = self.sample_batches(run["id"], batches) if batches is not None else []
-            run["alerts"] = [
-                e for e in self.events(run["id"], last=20) if e["level"] in ("warn", "error")
-            ]
+            run["alerts"] = [e for e in self.events(run["id"], last=20) if e["level"] in ("warn", "error")]
         return rows
 
     def symbio_generations(self, run_id: str) -> list[dict[str, Any]]:

@@ -133,15 +133,19 @@ class Uploads:
     def _upload_dir(self, upload_id: Any) -> Path:
         return inside(self.uploads_dir, _safe(upload_id, "X-Upload-Id / uploadId"))
 
-    def check_chunk_headers(self, upload_id: Any, index: Any, total: Any, sha256: Any) -> tuple[str, int, int, str]:
+    def check_chunk_headers(
+        self, upload_id: Any, index: Any, total: Any, sha256: Any
+    ) -> tuple[str, int, int, str]:
         upload_id = _safe(upload_id, "X-Upload-Id")
         try:
             index, total = int(index), int(total)
         except (TypeError, ValueError):
             raise UploadError(400, "X-Chunk-Index and X-Total-Chunks must be integers") from None
         if not 1 <= total <= self.limits.max_chunks:
-            raise UploadError(413 if total > self.limits.max_chunks else 400,
-                              f"X-Total-Chunks must be in [1, {self.limits.max_chunks}]")
+            raise UploadError(
+                413 if total > self.limits.max_chunks else 400,
+                f"X-Total-Chunks must be in [1, {self.limits.max_chunks}]",
+            )
         if not 0 <= index < total:
             raise UploadError(400, f"X-Chunk-Index must be in [0, {total - 1}]")
         sha256 = (sha256 or "").strip().lower()
@@ -206,7 +210,9 @@ class Uploads:
             raise UploadError(400, f"no chunks received for upload {upload_id}")
         meta = json.loads((directory / "meta.json").read_text())
         if meta.get("totalChunks") != total:
-            raise UploadError(400, f"totalChunks {total} differs from the {meta.get('totalChunks')} chunks announced")
+            raise UploadError(
+                400, f"totalChunks {total} differs from the {meta.get('totalChunks')} chunks announced"
+            )
         missing = [i for i in range(total) if i not in held]
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
@@ -233,9 +239,13 @@ class Uploads:
         self._write_side_files(run_dir, config, metrics, training_data)
         shutil.rmtree(directory, ignore_errors=True)
         return Assembled(
-            run_id=name, step=step, filename=filename,
+            run_id=name,
+            step=step,
+            filename=filename,
             relative_path=final.relative_to(self.data_dir).as_posix(),
-            size=size, sha256=file_sha, upload_sha256=payload_sha,
+            size=size,
+            sha256=file_sha,
+            upload_sha256=payload_sha,
         )
 
     def _unpack(self, directory: Path, total: int, out: Any) -> tuple[str, str, int]:

@@ -116,18 +116,22 @@ def symbio_view(generations: list[dict[str, Any]], max_tree_generations: int = 4
         best = payload.get("bestValLoss")
         if not isinstance(best, (int, float)) or isinstance(best, bool) or not math.isfinite(best):
             best = min(vals) if vals else None
-        per_generation.append({
-            "generation": gen,
-            "best_val_loss": best,
-            "mean_val_loss": sum(vals) / len(vals) if vals else None,
-            "candidates": len(vals),
-            "winner": winner_name(winner),
-        })
+        per_generation.append(
+            {
+                "generation": gen,
+                "best_val_loss": best,
+                "mean_val_loss": sum(vals) / len(vals) if vals else None,
+                "candidates": len(vals),
+                "winner": winner_name(winner),
+            }
+        )
     latest_winner = generations[-1].get("winner") or {}
     winner_id = str(latest_winner.get("id") or latest_winner.get("name") or "")
     if winner_id in candidates:
         candidates[winner_id]["winner"] = True
-    rows = sorted(candidates.values(), key=lambda r: (r["generation"], r["val_loss"] is None, r["val_loss"] or 0))
+    rows = sorted(
+        candidates.values(), key=lambda r: (r["generation"], r["val_loss"] is None, r["val_loss"] or 0)
+    )
     return {
         "candidates": rows,
         "generations": per_generation,
@@ -140,7 +144,7 @@ def lineage_layout(rows: list[dict[str, Any]], max_generations: int) -> dict[str
     """Node positions (generation columns, one row per candidate) and parent->child edges for SVG."""
     gens = sorted({r["generation"] for r in rows})
     shown = gens[-max_generations:]
-    col_w, row_h, pad = 170, 26, 16
+    col_w, row_h, pad = 140, 26, 16
     positions: dict[str, tuple[float, float]] = {}
     nodes, height = [], 0
     for col, gen in enumerate(shown):

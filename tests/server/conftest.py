@@ -27,7 +27,9 @@ def free_port() -> int:
 class ServerProcess:
     """One ``python -m alpha serve`` subprocess with its own data dir; restartable on the same data."""
 
-    def __init__(self, root: Path, *args: str, secret: str | None = SECRET, env: dict[str, str] | None = None):
+    def __init__(
+        self, root: Path, *args: str, secret: str | None = SECRET, env: dict[str, str] | None = None
+    ):
         self.root = root
         self.args = args
         self.secret = secret
@@ -45,8 +47,17 @@ class ServerProcess:
         env.update(self.env)
         if self.secret:
             env["UPLOAD_SECRET"] = self.secret
-        cmd = [sys.executable, "-m", "alpha", "serve", "--port", str(self.port),
-               "--data-dir", str(self.data_dir), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "alpha",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            *self.args,
+        ]
         self.log = open(self.root / f"server-{self.port}-{time.time_ns()}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
         deadline = time.monotonic() + timeout

@@ -11,8 +11,19 @@ from conftest import REPO
 
 def test_twenty_paced_runs_and_a_viewer_lose_nothing() -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_ingest.py"), "--runs", "20", "--seconds", "3", "--json"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "scripts" / "bench_ingest.py"),
+            "--runs",
+            "20",
+            "--seconds",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

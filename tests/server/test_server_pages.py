@@ -9,14 +9,22 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import SECRET, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+)
 if not (os.path.exists(CHROMIUM) or shutil.which("chromium")):
     pytest.skip("Debian's chromium is not installed (run scripts/ci-system-deps.sh)", allow_module_level=True)
 
@@ -54,24 +62,29 @@ def test_training_page_draws_points_as_metrics_stream_in(browser, server: Server
     )
     try:
         card = f'section[data-run="{run_id}"]'
+        loss = f'{card} canvas[data-chart="loss"]'
         page.wait_for_selector(card, timeout=15_000)
         page.wait_for_function(
-            f"""() => Number(document.querySelector('{card} canvas[data-chart="loss"]').dataset.points) >= 1""",
+            f"() => Number(document.querySelector('{loss}').dataset.points) >= 1",
             timeout=15_000,
         )
         first = points(page, run_id, "loss")
         page.wait_for_function(
-            f"""() => Number(document.querySelector('{card} canvas[data-chart="loss"]').dataset.points) > {first + 5}""",
+            f"() => Number(document.querySelector('{loss}').dataset.points) > {first + 5}",
             timeout=20_000,
         )
         assert points(page, run_id, "tps") >= 1 and points(page, run_id, "lr") >= 1
-        page.wait_for_function(f"() => document.querySelector('{card} .alerts').textContent.includes('spike_skip')",
-                               timeout=15_000)
-        page.wait_for_function(f"() => document.querySelector('{card} .samples').textContent.includes('step')",
-                               timeout=15_000)
+        page.wait_for_function(
+            f"() => document.querySelector('{card} .alerts').textContent.includes('spike_skip')",
+            timeout=15_000,
+        )
+        page.wait_for_function(
+            f"() => document.querySelector('{card} .samples').textContent.includes('step')", timeout=15_000
+        )
         assert client.wait(30) == 0
-        page.wait_for_function(f"() => document.querySelector('{card} .status').textContent === 'completed'",
-                               timeout=10_000)
+        page.wait_for_function(
+            f"() => document.querySelector('{card} .status').textContent === 'completed'", timeout=10_000
+        )
         assert points(page, run_id, "loss") == 60
     finally:
         if client.poll() is None:
@@ -88,29 +101,84 @@ def test_training_page_draws_points_as_metrics_stream_in(browser, server: Server
 def test_run_page_shows_symbio_candidates_and_lineage(browser, server: ServerProcess) -> None:
     run_id = "novels_20260101000000_sym1"
     with server.client() as http:
-        http.post("/api/ingest", json={
-            "type": "run_start", "runId": run_id, "domain": "novels", "totalParams": 98_000,
-            "modelConfig": {"nLayer": 2, "nEmbd": 32, "nHead": 2, "ffnActivation": "composed"},
-            "trainConfig": {"iters": 90, "symbio": True, "symbioConfig": {"searchMode": "composed-activation-search"}},
-        }).raise_for_status()
-        http.post("/api/ingest", json={"type": "metrics", "runId": run_id, "metrics": [
-            {"step": s, "loss": 5 - s / 30, "lr": 1e-3, "gradNorm": 1.0, "elapsed_ms": 9, "tokens_per_sec": 9000,
-             "ms_per_iter": 9, "symbio_candidate_id": f"c{s // 30}", "symbio_generation": s // 30} for s in range(1, 91)
-        ]}).raise_for_status()
+        http.post(
+            "/api/ingest",
+            json={
+                "type": "run_start",
+                "runId": run_id,
+                "domain": "novels",
+                "totalParams": 98_000,
+                "modelConfig": {"nLayer": 2, "nEmbd": 32, "nHead": 2, "ffnActivation": "composed"},
+                "trainConfig": {
+                    "iters": 90,
+                    "symbio": True,
+                    "symbioConfig": {"searchMode": "composed-activation-search"},
+                },
+            },
+        ).raise_for_status()
+        http.post(
+            "/api/ingest",
+            json={
+                "type": "metrics",
+                "runId": run_id,
+                "metrics": [
+                    {
+                        "step": s,
+                        "loss": 5 - s / 30,
+                        "lr": 1e-3,
+                        "gradNorm": 1.0,
+                        "elapsed_ms": 9,
+                        "tokens_per_sec": 9000,
+                        "ms_per_iter": 9,
+                        "symbio_candidate_id": f"c{s // 30}",
+                        "symbio_generation": s // 30,
+                    }
+                    for s in range(1, 91)
+                ],
+            },
+        ).raise_for_status()
         parents = {0: [None, None], 1: ["g0c0", "g0c1"], 2: ["g1c0", "g1c0"]}
         for gen in range(3):
-            candidates = [{
-                "id": f"g{gen}c{i}", "name": f"gen{gen}_cand{i}", "activation": ["(relu+0.04·sq)×gelu", "silu"][i],
-                "generation": gen, "parentId": parents[gen][i], "parentName": parents[gen][i],
-                "lineage": [], "activationGraph": {"type": "basis", "op": "silu"}, "mutationApplied": "swap" if gen else None,
-                "bestLoss": 4.0 - gen / 3 - i / 10, "bestValLoss": 4.2 - gen / 3 - i / 10, "valLoss": None,
-                "fitnessScore": 0.5 + gen / 10, "steps": 30, "tokensPerSec": 9100.0 + i, "alive": True,
-            } for i in range(2)]
-            http.post("/api/ingest", json={"type": "event", "runId": run_id, "event": {
-                "id": f"{run_id}-gen-{gen}", "step": 30 * (gen + 1), "kind": "symbio_generation",
-                "message": f"generation {gen}", "payload": {
-                    "generation": gen, "candidates": candidates, "winner": candidates[1],
-                    "bestValLoss": candidates[1]["bestValLoss"]}}}).raise_for_status()
+            candidates = [
+                {
+                    "id": f"g{gen}c{i}",
+                    "name": f"gen{gen}_cand{i}",
+                    "activation": ["(relu+0.04·sq)×gelu", "silu"][i],
+                    "generation": gen,
+                    "parentId": parents[gen][i],
+                    "parentName": parents[gen][i],
+                    "lineage": [],
+                    "activationGraph": {"type": "basis", "op": "silu"},
+                    "mutationApplied": "swap" if gen else None,
+                    "bestLoss": 4.0 - gen / 3 - i / 10,
+                    "bestValLoss": 4.2 - gen / 3 - i / 10,
+                    "valLoss": None,
+                    "fitnessScore": 0.5 + gen / 10,
+                    "steps": 30,
+                    "tokensPerSec": 9100.0 + i,
+                    "alive": True,
+                }
+                for i in range(2)
+            ]
+            http.post(
+                "/api/ingest",
+                json={
+                    "type": "event",
+                    "runId": run_id,
+                    "event": {
+                        "id": f"{run_id}-gen-{gen}",
+                        "step": 30 * (gen + 1),
+                        "kind": "symbio_generation",
+                        "message": f"generation {gen}",
+                        "payload": {
+                            "generation": gen,
+                            "candidates": candidates,
+                            "winner": candidates[1],
+                            "bestValLoss": candidates[1]["bestValLoss"],
+                        },
+                    },
+                },
+            ).raise_for_status()
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     response = page.goto(f"{server.url}/runs/{run_id}")
@@ -122,7 +190,9 @@ def test_run_page_shows_symbio_candidates_and_lineage(browser, server: ServerPro
     assert page.locator("#candidates tr.winner").inner_text().startswith("2\tgen2_cand1")
     assert page.locator("svg.lineage g.node").count() == 6
     assert page.locator("svg.lineage path.edge").count() == 4
-    page.wait_for_function("() => Number(document.querySelector('canvas[data-chart=\"generations\"]').dataset.points) === 3")
+    page.wait_for_function(
+        "() => Number(document.querySelector('canvas[data-chart=\"generations\"]').dataset.points) === 3"
+    )
     assert int(page.get_attribute('canvas[data-chart="loss"]', "data-points")) == 90
     page.close()
 

@@ -10,9 +10,8 @@ import os
 import httpx
 import numpy as np
 import pytest
-from safetensors.numpy import save
-
 from conftest import ServerProcess
+from safetensors.numpy import save
 
 MIB = 1024 * 1024
 
@@ -29,22 +28,44 @@ def checkpoint_bytes(seed: int = 0, n: int = 300_000) -> bytes:
     return save({"model.wte.weight": rng.standard_normal(n).astype(np.float32)}, metadata={"alpha": "{}"})
 
 
-def send_chunk(http: httpx.Client, upload_id: str, index: int, total: int, body: bytes,
-               sha: str | None = None) -> httpx.Response:
-    return http.post("/api/upload/chunk", content=body, headers={
-        "Content-Type": "application/octet-stream", "X-Upload-Id": upload_id, "X-Chunk-Index": str(index),
-        "X-Total-Chunks": str(total), "X-Chunk-Sha256": sha or hashlib.sha256(body).hexdigest(),
-    })
+def send_chunk(
+    http: httpx.Client, upload_id: str, index: int, total: int, body: bytes, sha: str | None = None
+) -> httpx.Response:
+    return http.post(
+        "/api/upload/chunk",
+        content=body,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "X-Upload-Id": upload_id,
+            "X-Chunk-Index": str(index),
+            "X-Total-Chunks": str(total),
+            "X-Chunk-Sha256": sha or hashlib.sha256(body).hexdigest(),
+        },
+    )
 
 
 def split(payload: bytes, size: int) -> list[bytes]:
     return [payload[i : i + size] for i in range(0, len(payload), size)]
 
 
-def assemble(http: httpx.Client, upload_id: str, name: str, step: int, total: int, sha: str, **extra) -> httpx.Response:
-    body = {"uploadId": upload_id, "name": name, "step": step, "totalChunks": total, "sha256": sha,
-            "config": {"runId": name, "domain": "chat", "modelConfig": {"nLayer": 2}, "trainConfig": {"iters": 60}},
-            "metrics": '{"step": 1, "loss": 5.0}\n', **extra}
+def assemble(
+    http: httpx.Client, upload_id: str, name: str, step: int, total: int, sha: str, **extra
+) -> httpx.Response:
+    body = {
+        "uploadId": upload_id,
+        "name": name,
+        "step": step,
+        "totalChunks": total,
+        "sha256": sha,
+        "config": {
+            "runId": name,
+            "domain": "chat",
+            "modelConfig": {"nLayer": 2},
+            "trainConfig": {"iters": 60},
+        },
+        "metrics": '{"step": 1, "loss": 5.0}\n',
+        **extra,
+    }
     return http.post("/api/upload/assemble", json=body)
 
 
@@ -69,8 +90,15 @@ def test_upload_resume_assemble_list_download(server: ServerProcess) -> None:
             assert response.status_code == 200, response.text
         assert response.json()["received"] == len(chunks)
 
-        done = assemble(http, upload_id, name, step, len(chunks), hashlib.sha256(payload).hexdigest(),
-                        trainingData="hello")
+        done = assemble(
+            http,
+            upload_id,
+            name,
+            step,
+            len(chunks),
+            hashlib.sha256(payload).hexdigest(),
+            trainingData="hello",
+        )
         assert done.status_code == 200, done.text
         result = done.json()
         assert result["ok"] is True
@@ -84,7 +112,9 @@ def test_upload_resume_assemble_list_download(server: ServerProcess) -> None:
         assert not (server.data_dir / "uploads" / upload_id).exists()
 
         listed = http.get(f"/api/runs/{name}/checkpoints").json()
-        assert [(c["step"], c["filename"], c["bytes"]) for c in listed] == [(step, f"checkpoint-{step}.safetensors", len(raw))]
+        assert [(c["step"], c["filename"], c["bytes"]) for c in listed] == [
+            (step, f"checkpoint-{step}.safetensors", len(raw))
+        ]
         assert listed[0]["sha256"] == hashlib.sha256(raw).hexdigest()
         download = http.get(f"/api/runs/{name}/download/checkpoint-{step}.safetensors")
         assert download.status_code == 200 and download.content == raw
@@ -101,9 +131,17 @@ def test_checksums_sizes_and_bad_payloads_are_refused(server: ServerProcess) -> 
         assert send_chunk(http, "u_big_1", 0, 2, b"x" * (MIB + 1)).status_code == 413
         assert send_chunk(http, "u_many_1", 0, 10**6, b"x").status_code == 413
         assert send_chunk(http, "u_idx_1", 5, 2, b"x").status_code == 400
-        plain = http.post("/api/upload/chunk", content=b"x", headers={
-            "Content-Type": "application/json", "X-Upload-Id": "u", "X-Chunk-Index": "0", "X-Total-Chunks": "1",
-            "X-Chunk-Sha256": hashlib.sha256(b"x").hexdigest()})
+        plain = http.post(
+            "/api/upload/chunk",
+            content=b"x",
+            headers={
+                "Content-Type": "application/json",
+                "X-Upload-Id": "u",
+                "X-Chunk-Index": "0",
+                "X-Total-Chunks": "1",
+                "X-Chunk-Sha256": hashlib.sha256(b"x").hexdigest(),
+            },
+        )
         assert plain.status_code == 415
 
         assert send_chunk(http, "u_whole_1", 0, 1, payload).status_code == 200
