@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from conftest import REPO
+from tests.server.conftest import REPO
 
 
 def test_twenty_paced_runs_and_a_viewer_lose_nothing() -> None:

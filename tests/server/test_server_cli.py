@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import httpx
-from conftest import REPO, SECRET, ServerProcess, free_port
+
+from tests.server.conftest import REPO, SECRET, ServerProcess, free_port
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

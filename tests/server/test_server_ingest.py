@@ -11,7 +11,8 @@ import uuid
 
 import httpx
 import pytest
-from conftest import SECRET
+
+from tests.server.conftest import SECRET
 
 # A step record with every field reference/ops.md §2.4 defines, under its reference name.
 FULL_RECORD = {

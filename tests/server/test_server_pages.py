@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SECRET, ServerProcess
+
+from tests.server.conftest import SECRET, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

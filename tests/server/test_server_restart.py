@@ -6,7 +6,7 @@ import gzip
 import hashlib
 import signal
 
-from conftest import ServerProcess
+from tests.server.conftest import ServerProcess
 
 
 def metric(step: int) -> dict:

@@ -10,8 +10,9 @@ import os
 import httpx
 import numpy as np
 import pytest
-from conftest import ServerProcess
 from safetensors.numpy import save
+
+from tests.server.conftest import ServerProcess
 
 MIB = 1024 * 1024
 
