@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO, tiny_train_args
 from tests.server.conftest import SECRET, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"
@@ -201,3 +203,51 @@ def test_run_page_shows_symbio_candidates_and_lineage(browser, server: ServerPro
     page.goto(server.url + "/runs")
     assert "gen2_cand1" in page.locator(f'tr[data-run="{run_id}"]').inner_text()  # the symbio winner column
     page.close()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("alpha.sinks.remote") is None,
+    reason="the trainer's remote reporter (alpha/sinks/remote.py) is not in this tree yet",
+)
+def test_training_page_follows_a_real_training_run(
+    browser, server: ServerProcess, chat_file, tmp_path
+) -> None:
+    run_id = "tiny_chat_live"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server.url + "/training")
+    page.wait_for_selector("#conn.ok", timeout=15_000)
+    args = tiny_train_args(
+        chat_file, tmp_path / run_id, "--iters", "60", "--eval-interval", "20", "--sample-interval", "30"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "ALPHA_REMOTE_URL": server.url,
+        "ALPHA_REMOTE_SECRET": SECRET,
+        "ALPHA_REMOTE_FLUSH_SECONDS": "0.5",
+    }
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "alpha", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        card = f'section[data-run="{run_id}"]'
+        loss = f'{card} canvas[data-chart="loss"]'
+        page.wait_for_selector(card, timeout=120_000)
+        page.wait_for_function(
+            f"() => Number(document.querySelector('{loss}').dataset.points) >= 1", timeout=120_000
+        )
+        output, _ = trainer.communicate(timeout=240)
+        assert trainer.returncode == 0, output
+        page.wait_for_function(
+            f"() => document.querySelector('{card} .status').textContent === 'completed'", timeout=30_000
+        )
+        assert points(page, run_id, "loss") == 60
+        assert SECRET not in output and server.url not in output  # secrets never printed
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+        page.close()
