@@ -1,10 +1,11 @@
 """The dashboard's storage: one SQLite file in WAL mode, schema versioned in code.
 
 Migrations are a list of SQL scripts; ``PRAGMA user_version`` records how many have run, and each
-pending one runs in its own transaction. Every write happens in one transaction on one writer
-connection, committed with ``synchronous=FULL`` before the method returns, so an HTTP 2xx means
-the data is on disk. Readers use their own connections (one per thread), which WAL lets run while
-a write is in progress.
+pending one runs in its own transaction. Writes go through one writer connection and are committed
+with ``synchronous=FULL`` before the method returns, so an HTTP 2xx means the data is on disk;
+writes that arrive together share one transaction and one fsync (group commit, ``_submit``).
+Readers use their own connections (one per thread), which WAL lets run while a write is in
+progress.
 
 Rules that fix the reference's data loss (reference/ops.md §9.2): ``latest_step`` only grows,
 ``best_val_loss`` only shrinks, a resumed run keeps its progress, a re-sent step replaces the old
@@ -19,10 +20,10 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alpha.events import utc_now_iso
 from alpha.server.protocol import (
@@ -145,6 +146,22 @@ class StorageError(RuntimeError):
     """The database could not store or read something (the HTTP layer answers 503)."""
 
 
+T = TypeVar("T")
+MAX_GROUP = 256  # jobs per group commit
+
+
+class _Job:
+    """One queued write: the function, then its result or error once its group committed."""
+
+    __slots__ = ("done", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+
+
 def _num(value: Any) -> int | float | None:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -158,6 +175,8 @@ class Store:
         self.busy_timeout_ms = busy_timeout_ms
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._write_lock = threading.Lock()
+        self._pending_lock = threading.Lock()
+        self._pending: list[_Job] = []
         self._local = threading.local()
         self._writer = self._connect()
         self._migrate()
@@ -196,6 +215,61 @@ class Store:
             except BaseException:
                 self._rollback(conn)
                 raise
+
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a write transaction and return once it is committed (group commit).
+
+        Writers that arrive while another transaction runs queue up; the next one to get the
+        write lock runs every queued job in one transaction, each in its own savepoint (a failing
+        job is rolled back alone), and commits once. Every job's caller returns after that
+        commit, so a 2xx still means "on disk", at one fsync per group instead of per request.
+        """
+        job = _Job(fn)
+        with self._pending_lock:
+            self._pending.append(job)
+        with self._write_lock:
+            if not job.done:
+                with self._pending_lock:
+                    batch = self._pending[:MAX_GROUP]
+                    del self._pending[:MAX_GROUP]
+                self._run_group(batch)
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def _run_group(self, batch: list[_Job]) -> None:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail(batch, StorageError(f"database unavailable: {exc}"))
+            return
+        try:
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    job.result = job.fn(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    job.error = (
+                        StorageError(f"write failed: {exc}") if isinstance(exc, sqlite3.Error) else exc
+                    )
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback(conn)
+            self._fail(batch, StorageError(f"write failed: {exc}"))
+            return
+        for job in batch:
+            job.done = True
+
+    @staticmethod
+    def _fail(batch: list[_Job], error: StorageError) -> None:
+        for job in batch:
+            job.result = None
+            if job.error is None:
+                job.error = error
+            job.done = True
 
     @staticmethod
     def _rollback(conn: sqlite3.Connection) -> None:
@@ -273,7 +347,8 @@ class Store:
             now,
             run_id,
         )
-        with self._write() as conn:
+
+        def job(conn: sqlite3.Connection) -> Any:
             self._ensure_run(conn, run_id, now_iso, now)
             conn.execute(
                 """UPDATE runs SET domain = COALESCE(?, domain), model_config = ?, train_config = ?,
@@ -284,6 +359,8 @@ class Store:
                    WHERE id = ?""",
                 values,
             )
+
+        self._submit(job)
 
     def add_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> int:
         """Upsert step rows (same step again replaces it) and move the run's progress forward."""
@@ -299,7 +376,8 @@ class Store:
         val_losses = [r["val_loss"] for r in rows if r["val_loss"] is not None]
         best_val = min(val_losses) if val_losses else None
         now, now_iso = time.time(), utc_now_iso()
-        with self._write() as conn:
+
+        def job(conn: sqlite3.Connection) -> Any:
             self._ensure_run(conn, run_id, now_iso, now)
             conn.executemany(sql, [(run_id, *(r[c] for c in METRIC_COLUMNS)) for r in rows])
             conn.execute(
@@ -322,18 +400,24 @@ class Store:
                     run_id,
                 ),
             )
+
+        self._submit(job)
         return len(rows)
 
     def heartbeat(self, run_id: str, step: int | None) -> None:
         now, now_iso = time.time(), utc_now_iso()
-        with self._write() as conn:
+
+        def job(conn: sqlite3.Connection) -> Any:
             self._ensure_run(conn, run_id, now_iso, now)
             self._touch(conn, run_id, step, now_iso, now)
+
+        self._submit(job)
 
     def add_samples(self, run_id: str, batch: SampleBatch) -> int:
         """Store one sample batch under its step (the run's latest step when none is given)."""
         now, now_iso = time.time(), utc_now_iso()
-        with self._write() as conn:
+
+        def job(conn: sqlite3.Connection) -> Any:
             self._ensure_run(conn, run_id, now_iso, now)
             step = batch.step
             if step is None:
@@ -351,7 +435,9 @@ class Store:
                 (run_id, step, batch.trend_json, now_iso),
             )
             self._touch(conn, run_id, batch.step, now_iso, now)
-        return step
+            return step
+
+        return self._submit(job)
 
     def add_events(self, run_id: str, events: list[EventRow]) -> list[EventRow]:
         """Insert events (those whose client id is already stored are skipped); apply their effects.
@@ -360,8 +446,9 @@ class Store:
         of the latest generation), and the run's end status from training_complete.
         """
         now, now_iso = time.time(), utc_now_iso()
-        inserted: list[EventRow] = []
-        with self._write() as conn:
+
+        def job(conn: sqlite3.Connection) -> list[EventRow]:
+            inserted: list[EventRow] = []
             self._ensure_run(conn, run_id, now_iso, now)
             for ev in events:
                 cursor = conn.execute(
@@ -383,7 +470,9 @@ class Store:
                     self._apply_event(conn, run_id, ev)
             steps = [ev.step for ev in events if ev.step is not None]
             self._touch(conn, run_id, max(steps) if steps else None, now_iso, now)
-        return inserted
+            return inserted
+
+        return self._submit(job)
 
     def _apply_event(self, conn: sqlite3.Connection, run_id: str, ev: EventRow) -> None:
         payload = ev.payload or {}
@@ -417,12 +506,15 @@ class Store:
     def complete(self, run_id: str, final_step: int, outcome: str, reason: str | None) -> str:
         """``POST /api/ingest/complete``: the run ended; returns its new status."""
         now, now_iso = time.time(), utc_now_iso()
-        with self._write() as conn:
+
+        def job(conn: sqlite3.Connection) -> Any:
             self._ensure_run(conn, run_id, now_iso, now)
             self._finish(conn, run_id, final_step, outcome, reason)
             conn.execute(
                 "UPDATE runs SET updated_at = ?, last_ingest = ? WHERE id = ?", (now_iso, now, run_id)
             )
+
+        self._submit(job)
         return OUTCOME_STATUS[outcome]
 
     def add_checkpoint(
@@ -438,18 +530,19 @@ class Store:
     ) -> None:
         """Record an uploaded checkpoint; a run known only from its upload gets a row too."""
         now, now_iso = time.time(), utc_now_iso()
-        with self._write() as conn:
+
+        def job(conn: sqlite3.Connection) -> Any:
             exists = conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone()
             if not exists:
-                config = config or {}
+                given = config or {}
                 conn.execute(
                     "INSERT INTO runs (id, domain, status, model_config, train_config, latest_step,"
                     " created_at, updated_at, last_ingest) VALUES (?, ?, 'completed', ?, ?, ?, ?, ?, ?)",
                     (
                         run_id,
-                        str(config.get("domain") or "unknown"),
-                        json.dumps(config.get("modelConfig") or {}),
-                        json.dumps(config.get("trainConfig") or {}),
+                        str(given.get("domain") or "unknown"),
+                        json.dumps(given.get("modelConfig") or {}),
+                        json.dumps(given.get("trainConfig") or {}),
                         step,
                         now_iso,
                         now_iso,
@@ -465,6 +558,8 @@ class Store:
                 " created_at = excluded.created_at",
                 (run_id, filename, step, path, size, sha256, upload_sha256, now_iso),
             )
+
+        self._submit(job)
 
     # -- reads ---------------------------------------------------------------------------------
 
