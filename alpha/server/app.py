@@ -184,7 +184,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
             records = protocol.batch_of(body, "metrics")
             rows = [protocol.normalize_metric(r, f"metrics[{i}]") for i, r in enumerate(records)]
             stored = await run_in_threadpool(store.add_metrics, run_id, rows)
-            hub.publish("metrics", {"runId": run_id, "metrics": [protocol.metric_to_wire(r) for r in rows]})
+            if hub.viewers:  # building the wire records costs as much as validating them
+                hub.publish(
+                    "metrics", {"runId": run_id, "metrics": [protocol.metric_to_wire(r) for r in rows]}
+                )
             return {"ok": True, "stored": stored}
 
         if kind == "heartbeat":
@@ -476,9 +479,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def runs_page(request: Request, status: str | None = None) -> HTMLResponse:
         require_read(request, page=True)
         runs = await run_in_threadpool(store.list_runs, status or None, None, 500)
-        counts: dict[str, int] = {}
-        for run in await run_in_threadpool(store.list_runs, None, None, 100_000):
-            counts[run["status"]] = counts.get(run["status"], 0) + 1
+        counts = await run_in_threadpool(store.status_counts)
         return templates.TemplateResponse(
             request, "runs.html", {"page": "runs", "runs": runs, "counts": counts, "status": status}
         )

@@ -597,6 +597,13 @@ class Store:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         return self._run_rows(where, params, limit)
 
+    def status_counts(self) -> dict[str, int]:
+        rows = self._read(
+            f"SELECT {self._status_sql()} AS s, COUNT(*) FROM runs r GROUP BY s",
+            [time.time() - self.stale_after_s],
+        )
+        return {row[0]: row[1] for row in rows}
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         rows = self._run_rows("WHERE r.id = ?", [run_id], 1)
         return rows[0] if rows else None
