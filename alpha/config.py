@@ -179,6 +179,12 @@ class TrainConfig:
         wire["optimizer"] = "adamw"
         return wire
 
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        kwargs = {camel_to_snake(k): v for k, v in wire.items() if camel_to_snake(k) in names}
+        return cls(**kwargs)
+
 
 def snake_to_camel(name: str) -> str:
     head, *rest = name.split("_")
@@ -198,14 +204,18 @@ def domain_for(name: str) -> Domain:
 def resolve(
     model_flags: dict[str, Any], train_flags: dict[str, Any]
 ) -> tuple[ModelConfig, TrainConfig]:
-    """Combine flags (None = not given) with the domain preset and global defaults."""
+    """Combine flags (None = not given) with the domain preset and global defaults.
+
+    A peak lr given without ``--lr-min`` gets ``lr / 10`` as its floor, not the preset's floor.
+    """
     domain = domain_for(train_flags.get("domain") or "text")
     model_values = {**domain.model, **{k: v for k, v in model_flags.items() if v is not None}}
-    train_values = {**domain.train, **{k: v for k, v in train_flags.items() if v is not None}}
+    given_train = {k: v for k, v in train_flags.items() if v is not None}
+    train_values = {**domain.train, **given_train}
     train_values["domain"] = domain.name
     model = ModelConfig(**model_values)
     train = TrainConfig(**train_values)
-    if train.lr_min is None:
+    if train.lr_min is None or ("lr" in given_train and "lr_min" not in given_train):
         train.lr_min = train.lr / 10
     if train.warmup_iters is None:
         train.warmup_iters = min(domain.warmup_cap, train.iters // 10)
