@@ -104,7 +104,7 @@ ADVICE = {
 }
 
 
-def _finding(check: str, status: str, summary: str, **evidence: Any) -> Finding:
+def _finding(check: str, status: str, summary: str, /, **evidence: Any) -> Finding:
     return Finding(check, status, summary, evidence, ADVICE[check])
 
 
@@ -119,8 +119,8 @@ def linear_fit(xs: list[int] | list[float], ys: list[float]) -> tuple[float, flo
     sxx = sum((x - mx) ** 2 for x in xs)
     if n < 3 or sxx == 0:
         return 0.0, 0.0
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys))
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in zip(xs, ys, strict=True))
     se = math.sqrt(residual / (n - 2) / sxx)
     if se == 0:
         return slope, math.copysign(math.inf, slope) if slope else 0.0
@@ -250,9 +250,8 @@ def check_overfitting(h: RunHistory, t: Thresholds) -> Finding:
         f"(t={val_t:.1f}, {val_rise:+.3f} across the window), train loss slope "
         f"{train_slope:+.2e}/step (t={train_t:.1f}){gaps}"
     )
-    fired = (
-        val_t >= t.overfit_t and val_rise >= t.overfit_min_rise and train_slope < 0 and train_t <= -t.overfit_t
-    )
+    val_rising = val_t >= t.overfit_t and val_rise >= t.overfit_min_rise
+    fired = val_rising and train_slope < 0 and train_t <= -t.overfit_t
     return _finding("overfitting", FIRED if fired else OK, text, **evidence)
 
 
@@ -366,6 +365,9 @@ CHECKS: dict[str, Callable[[RunHistory, Thresholds], Finding]] = {
 LIVE_CHECKS = ("instability", "overfitting", "plateau", "symbio_stagnation")  # crash: offline only
 
 
-def run_checks(h: RunHistory, t: Thresholds | None = None, names: tuple[str, ...] = tuple(CHECKS)) -> list[Finding]:
+def run_checks(
+    h: RunHistory, t: Thresholds | None = None, names: tuple[str, ...] = tuple(CHECKS)
+) -> list[Finding]:
+    """Run the named checks (all five by default)."""
     t = t or Thresholds()
     return [CHECKS[name](h, t) for name in names]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BUCKET = 10  # steps per train-loss bucket
+TRACEBACK_TAIL = 8  # last lines of a traceback kept as evidence
 THROUGHPUT_COLLAPSE_BIT = 0x04  # reference cusum_alerts bit of the tokens/s monitor
 
 
@@ -143,6 +144,9 @@ class RunHistory:
             self.ending.status = payload.get("status") or "completed"
             self.ending.reason = payload.get("reason") or ""
             self.ending.end_step = step
+        elif kind == "exception":  # the trainer's record of an uncaught exception
+            lines = str(record.get("message") or "").rstrip().splitlines()
+            self.ending.traceback = lines[-TRACEBACK_TAIL:]
         elif kind == "eval_summary":
             val = finite(payload.get("valLoss"))
             if val is not None:

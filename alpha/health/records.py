@@ -20,16 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alpha.errors import ConfigError
-from alpha.health.history import RunHistory
+from alpha.health.history import TRACEBACK_TAIL, RunHistory
 
 STEP_LINE = re.compile(
     r"^step (\d+)(?:/(\d+))? \| loss=(\S+)(?: val_loss=(\S+))?(?: \| lr=\S+)?(?: \| grad_norm=(\S+))?"
+    r"(?: clip=\S+)?(?: skipped=(\w+))?"
 )
 STEP_IN_NOTICE = re.compile(r"\bstep (\d+)")
 END_LINE = re.compile(r"^──+ training (\w+)")
 EXIT_LINE = re.compile(r"\b(?:exit(?:ed)?(?: with)?(?: code| status)?)[ :=]+(-?\d+)\b", re.IGNORECASE)
 FATAL_LINES = ("Killed", "Segmentation fault", "Aborted")
-TRACEBACK_TAIL = 8  # lines of a traceback kept as evidence
+
 
 
 @dataclass
@@ -81,15 +82,14 @@ def _load_run_dir(p: Path, history: RunHistory) -> Source:
     if metrics.is_file():
         source.files.append(str(metrics))
         source.bad_lines += read_metrics(metrics, history)
-    if events.is_file():
-        source.files.append(str(events))
-        source.bad_lines += read_events(events, history)
-        history.ending.observable = True
     log = p.parent / f"train_{run_id}.log"
     if log.is_file():
         source.files.append(str(log))
         # steps come from metrics.jsonl; the log adds tracebacks, exit lines and its end line
         read_log(log, history, steps=not metrics.is_file())
+    if events.is_file():  # read last: its start/end events are the authority on how the run ended
+        source.files.append(str(events))
+        source.bad_lines += read_events(events, history)
         history.ending.observable = True
     pid_file = p / "train.pid"
     if pid_file.is_file():
@@ -170,50 +170,53 @@ def read_log(path: Path, history: RunHistory, steps: bool) -> bool:
     end = history.ending
     recognised = False
     traceback: list[str] = []
-    in_traceback = False
+    block = ""  # "raw": a Python traceback; "indented": the trainer's "  [exception]" notice
     alarm_step = 0  # CUSUM notices carry no step: count them after the last step line
     with open(path, encoding="utf-8", errors="replace") as f:
         for raw in f:
             line = raw.rstrip("\n")
-            if in_traceback:
+            if block == "raw":
                 traceback.append(line)
                 if line and not line[0].isspace():
-                    in_traceback = False  # the exception line ends the block
+                    block = ""  # the exception line ends a raw traceback
                 continue
+            if block == "indented":
+                if line.startswith("    "):
+                    traceback.append(line[4:])
+                    continue
+                block = ""
             if line.startswith("Traceback (most recent call last)"):
-                in_traceback, traceback = True, [line]
-                recognised = True
-                continue
-            if line.startswith("step ") and steps:
+                block, traceback, recognised = "raw", [line], True
+            elif line.startswith("step "):
                 m = STEP_LINE.match(line)
                 if m:
                     recognised = True
-                    _fold_step_line(m, history)
-                    alarm_step = history.last_step or 0
-                continue
-            if line.startswith("  ["):
+                    if steps:
+                        _fold_step_line(m, history)
+                        alarm_step = history.last_step or 0
+            elif line.startswith("  [exception]"):
+                block, traceback, recognised = "indented", [], True
+            elif line.startswith("  ["):
                 if steps:
                     alarm_step = _fold_notice(line, history, alarm_step)
-                continue
-            if line.startswith("──"):
+            elif line.startswith("reason: ") and end.status is not None:
+                end.reason = line[len("reason: ") :]
+            elif line.startswith("──"):
                 m = END_LINE.match(line)
                 if m:
-                    recognised = True
                     word = m.group(1)
                     end.status = {"complete": "completed", "stopped": "unhealthy"}.get(word, word)
                     end.end_step = history.last_step
-                    continue
-                if "alpha training" in line:
                     recognised = True
-                    end.status = None  # a new (resumed) run starts in the same log
-                    traceback = []
-                continue
-            if line.startswith(FATAL_LINES):
-                end.exit_code, end.exit_line = -9 if line.startswith("Killed") else -1, line
-                continue
-            m = EXIT_LINE.search(line) if "exit" in line.lower() else None
-            if m and not line.startswith(" "):
-                end.exit_code, end.exit_line = int(m.group(1)), line
+                elif "alpha training" in line:  # a run (or a resumed run) starts in this log
+                    end.status, end.reason, end.exit_code, traceback = None, "", None, []
+                    recognised = True
+            elif line.startswith(FATAL_LINES):
+                end.exit_code, end.exit_line = (-9 if line.startswith("Killed") else -1), line
+            elif "exit" in line.lower() and not line.startswith(" "):
+                m = EXIT_LINE.search(line)
+                if m:
+                    end.exit_code, end.exit_line = int(m.group(1)), line
     if traceback:
         end.traceback = traceback[-TRACEBACK_TAIL:]
     end.observable = True
@@ -230,12 +233,14 @@ def _number(text: str | None) -> float | None:
 
 
 def _fold_step_line(m: re.Match[str], history: RunHistory) -> None:
-    step, iters, loss, val, grad = m.groups()
+    step, iters, loss, val, grad, skipped = m.groups()
     record: dict[str, object] = {"step": int(step), "loss": _number(loss)}
     if val is not None:
         record["valLoss"] = _number(val)
     if grad is not None and grad != "n/a":
         record["gradNorm"] = _number(grad)
+    if skipped:
+        record["skipped"] = skipped
     if iters:
         history.total_iters = int(iters)
     history.add_step(record)
@@ -244,11 +249,12 @@ def _fold_step_line(m: re.Match[str], history: RunHistory) -> None:
 def _fold_notice(line: str, history: RunHistory, alarm_step: int) -> int:
     """Guard notices mark their step as skipped; CUSUM alert notices count as alarmed steps."""
     body = line.strip()
-    if body.startswith(("[spike]", "[warn]")) and "skip" in body:
+    if body.startswith("[") and "skipping" in body:
+        # reference: "[spike] ... skipping step N", "[warn] grad_norm=NaN at step N — skipping ...";
+        # ours: "[spike_skip] ...: skipping step N", "[loss_nan] loss=nan at step N: skipping ..."
         m = STEP_IN_NOTICE.search(body)
         if m:
-            step = int(m.group(1))
-            kind = "spike" if body.startswith("[spike]") else "nonfinite"
+            kind = "spike" if body.startswith("[spike") else "nonfinite"
             history.mark_bad(int(m.group(1)), kind)
     elif body.startswith("[symbio]") and "CUSUM alert" in body:
         history.symbio = True
