@@ -201,10 +201,9 @@ def check_instability(h: RunHistory, t: Thresholds) -> Finding:
         first_bad_steps=h.bad_steps[:5], last_bad_steps=h.bad_steps[-5:],
         threshold_pct=t.instability_pct,
     )
-    text = (
-        f"{pct:.1f}% of steps skipped or non-finite in the whole run ({bad} of {n}: {kinds}); "
-        f"{window_pct:.1f}% in the last {window_steps} steps ({lo}-{h.last_step})"
-    )
+    text = f"{pct:.1f}% of steps skipped or non-finite in the whole run ({bad} of {n}: {kinds})"
+    if lo > h.first_step:
+        text += f"; {window_pct:.1f}% in the last {window_steps} steps ({lo}-{h.last_step})"
     fired = pct > t.instability_pct or (
         window_steps >= t.instability_min_steps and window_pct > t.instability_pct
     )

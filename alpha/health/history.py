@@ -140,6 +140,7 @@ class RunHistory:
                 self.total_iters = iters
             # a new start supersedes an earlier end (a resumed run)
             self.ending.status, self.ending.reason, self.ending.end_step = None, "", None
+            self.ending.traceback = []
         elif kind == "training_complete":
             self.ending.status = payload.get("status") or "completed"
             self.ending.reason = payload.get("reason") or ""

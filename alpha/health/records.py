@@ -82,15 +82,16 @@ def _load_run_dir(p: Path, history: RunHistory) -> Source:
     if metrics.is_file():
         source.files.append(str(metrics))
         source.bad_lines += read_metrics(metrics, history)
-    log = p.parent / f"train_{run_id}.log"
-    if log.is_file():
-        source.files.append(str(log))
-        # steps come from metrics.jsonl; the log adds tracebacks, exit lines and its end line
-        read_log(log, history, steps=not metrics.is_file())
-    if events.is_file():  # read last: its start/end events are the authority on how the run ended
+    if events.is_file():
         source.files.append(str(events))
         source.bad_lines += read_events(events, history)
         history.ending.observable = True
+    log = p.parent / f"train_{run_id}.log"
+    if log.is_file():
+        source.files.append(str(log))
+        # metrics.jsonl has the steps and events.jsonl the end; the log adds what only it can
+        # hold: a traceback or exit line printed after the last run header (stderr redirected)
+        read_log(log, history, steps=not metrics.is_file(), ending=not events.is_file())
     pid_file = p / "train.pid"
     if pid_file.is_file():
         source.files.append(str(pid_file))
@@ -162,8 +163,9 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def read_log(path: Path, history: RunHistory, steps: bool) -> bool:
-    """Fold a train log. With ``steps``, step lines and notices feed the history too.
+def read_log(path: Path, history: RunHistory, steps: bool = True, ending: bool = True) -> bool:
+    """Fold a train log. With ``steps``, step lines and notices feed the history; with
+    ``ending``, its end lines (``── training complete ──``...) say how the run ended.
 
     Returns whether the file looked like a training log at all.
     """
@@ -199,17 +201,19 @@ def read_log(path: Path, history: RunHistory, steps: bool) -> bool:
             elif line.startswith("  ["):
                 if steps:
                     alarm_step = _fold_notice(line, history, alarm_step)
-            elif line.startswith("reason: ") and end.status is not None:
+            elif line.startswith("reason: ") and ending and end.status is not None:
                 end.reason = line[len("reason: ") :]
             elif line.startswith("──"):
                 m = END_LINE.match(line)
-                if m:
+                if m and ending:
                     word = m.group(1)
                     end.status = {"complete": "completed", "stopped": "unhealthy"}.get(word, word)
                     end.end_step = history.last_step
                     recognised = True
                 elif "alpha training" in line:  # a run (or a resumed run) starts in this log
-                    end.status, end.reason, end.exit_code, traceback = None, "", None, []
+                    end.exit_code, traceback = None, []
+                    if ending:
+                        end.status, end.reason = None, ""
                     recognised = True
             elif line.startswith(FATAL_LINES):
                 end.exit_code, end.exit_line = (-9 if line.startswith("Killed") else -1), line
