@@ -22,8 +22,11 @@ THRESHOLD_FLAGS = {
     "overfit_t": ("--overfit-t", float, "t-statistic both loss slopes must reach"),
     "plateau_steps": ("--plateau-steps", int, "steps without improvement that make a plateau"),
     "plateau_smooth": ("--plateau-smooth", int, "steps of the trailing mean of train loss"),
-    "plateau_min_improvement": ("--plateau-min-improvement", float,
-                                "relative loss improvement that counts as progress"),
+    "plateau_min_improvement": (
+        "--plateau-min-improvement",
+        float,
+        "relative loss improvement that counts as progress",
+    ),
     "symbio_window": ("--symbio-window", int, "steps in which CUSUM alarms are counted"),
     "symbio_alarm_pct": ("--symbio-alarm-pct", float, "%% of alarmed steps that counts as every step"),
     "symbio_generations": ("--symbio-generations", int, "recent generations that must not improve"),
@@ -36,12 +39,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     defaults = Thresholds()
     p.add_argument("path", metavar="PATH", help="run directory, metrics.jsonl, or train_*.log")
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
-    p.add_argument("--window", type=int, default=None,
-                   help="recent window in steps for instability and symbio (sets both)")
+    p.add_argument(
+        "--window",
+        type=int,
+        default=None,
+        help="recent window in steps for instability and symbio (sets both)",
+    )
     g = p.add_argument_group("thresholds")
     for dest, (flag, kind, text) in THRESHOLD_FLAGS.items():
-        g.add_argument(flag, dest=dest, type=kind, default=None,
-                       help=f"{text} (default {getattr(defaults, dest)})")
+        g.add_argument(
+            flag, dest=dest, type=kind, default=None, help=f"{text} (default {getattr(defaults, dest)})"
+        )
 
 
 def thresholds_from_args(args: argparse.Namespace):
@@ -72,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnicodeError) as exc:
         raise ConfigError(f"cannot read {args.path}: {exc}") from None
     findings = run_checks(history, thresholds)
-    sys.stdout.write(to_json(findings, history, source) + "\n" if args.json
-                     else format_report(findings, history, source))
+    sys.stdout.write(
+        to_json(findings, history, source) + "\n" if args.json else format_report(findings, history, source)
+    )
     return 1 if any(f.fired for f in findings) else 0

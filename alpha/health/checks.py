@@ -136,18 +136,28 @@ def check_crash(h: RunHistory, t: Thresholds) -> Finding:
     at = f"step {h.last_step}/{h.total_iters}" if h.total_iters else f"step {h.last_step}"
     if end.traceback:
         return _finding(
-            "crash", FIRED, f"the log holds a traceback: {end.traceback[-1].strip()}",
-            traceback=end.traceback, last_step=h.last_step,
+            "crash",
+            FIRED,
+            f"the log holds a traceback: {end.traceback[-1].strip()}",
+            traceback=end.traceback,
+            last_step=h.last_step,
         )
     if end.exit_code not in (None, 0):
         return _finding(
-            "crash", FIRED, f"the process exited with code {end.exit_code}: {end.exit_line.strip()}",
-            exit_code=end.exit_code, last_step=h.last_step,
+            "crash",
+            FIRED,
+            f"the process exited with code {end.exit_code}: {end.exit_line.strip()}",
+            exit_code=end.exit_code,
+            last_step=h.last_step,
         )
     if end.status == "failed":
         return _finding(
-            "crash", FIRED, f"training failed at step {end.end_step}: {end.reason or 'no reason given'}",
-            status=end.status, reason=end.reason, end_step=end.end_step,
+            "crash",
+            FIRED,
+            f"training failed at step {end.end_step}: {end.reason or 'no reason given'}",
+            status=end.status,
+            reason=end.reason,
+            end_step=end.end_step,
         )
     if end.status is not None:
         what = {
@@ -156,26 +166,43 @@ def check_crash(h: RunHistory, t: Thresholds) -> Finding:
             "unhealthy": "was stopped by the watchdog",
         }.get(end.status, end.status)
         summary = f"the run {what} at step {end.end_step}"
-        return _finding("crash", OK, summary + (f": {end.reason}" if end.reason else ""),
-                        status=end.status, end_step=end.end_step)
+        return _finding(
+            "crash",
+            OK,
+            summary + (f": {end.reason}" if end.reason else ""),
+            status=end.status,
+            end_step=end.end_step,
+        )
     if end.process == "running":
-        return _finding("crash", OK, f"still running (pid {end.pid}), last step {at}",
-                        pid=end.pid, last_step=h.last_step)
+        return _finding(
+            "crash", OK, f"still running (pid {end.pid}), last step {at}", pid=end.pid, last_step=h.last_step
+        )
     if end.process == "elsewhere":
         return _finding(
-            "crash", NOT_ENOUGH_DATA,
+            "crash",
+            NOT_ENOUGH_DATA,
             f"no end recorded; train.pid names pid {end.pid} on host {end.host}, which cannot be "
             "checked from here",
-            pid=end.pid, host=end.host, last_step=h.last_step,
+            pid=end.pid,
+            host=end.host,
+            last_step=h.last_step,
         )
-    if not end.observable:
-        return _finding("crash", NOT_ENOUGH_DATA,
-                        "only metrics were read: no events.jsonl or log says whether the run ended",
-                        last_step=h.last_step)
+    if not end.observable and end.process != "dead":
+        return _finding(
+            "crash",
+            NOT_ENOUGH_DATA,
+            f"no end recorded at {at}, and without events.jsonl and train.pid a run still going "
+            "cannot be told from a killed one",
+            last_step=h.last_step,
+        )
     why = f" and train.pid names dead pid {end.pid}" if end.process == "dead" else ""
     return _finding(
-        "crash", FIRED, f"the run stopped at {at} without a training_complete event{why}",
-        last_step=h.last_step, total_iters=h.total_iters, pid=end.pid,
+        "crash",
+        FIRED,
+        f"the run stopped at {at} without a training_complete event{why}",
+        last_step=h.last_step,
+        total_iters=h.total_iters,
+        pid=end.pid,
     )
 
 
@@ -186,8 +213,9 @@ def check_instability(h: RunHistory, t: Thresholds) -> Finding:
     """More than ``instability_pct``% of steps skipped (spike/nonfinite) or with NaN grad_norm."""
     n = h.step_count
     if n < t.instability_min_steps:
-        return _finding("instability", NOT_ENOUGH_DATA,
-                        f"{n} steps recorded; needs {t.instability_min_steps}", steps=n)
+        return _finding(
+            "instability", NOT_ENOUGH_DATA, f"{n} steps recorded; needs {t.instability_min_steps}", steps=n
+        )
     assert h.first_step is not None and h.last_step is not None
     bad = len(h.bad_steps)
     lo = max(h.first_step, h.last_step - t.instability_window + 1)
@@ -196,9 +224,15 @@ def check_instability(h: RunHistory, t: Thresholds) -> Finding:
     pct, window_pct = _pct(bad, n), _pct(window_bad, window_steps)
     kinds = ", ".join(f"{c} {k}" for k, c in sorted(h.bad_counts.items())) or "none"
     evidence = dict(
-        steps=n, bad_steps=bad, bad_pct=round(pct, 2), kinds=dict(h.bad_counts),
-        window=[lo, h.last_step], window_bad_steps=window_bad, window_bad_pct=round(window_pct, 2),
-        first_bad_steps=h.bad_steps[:5], last_bad_steps=h.bad_steps[-5:],
+        steps=n,
+        bad_steps=bad,
+        bad_pct=round(pct, 2),
+        kinds=dict(h.bad_counts),
+        window=[lo, h.last_step],
+        window_bad_steps=window_bad,
+        window_bad_pct=round(window_pct, 2),
+        first_bad_steps=h.bad_steps[:5],
+        last_bad_steps=h.bad_steps[-5:],
         threshold_pct=t.instability_pct,
     )
     text = f"{pct:.1f}% of steps skipped or non-finite in the whole run ({bad} of {n}: {kinds})"
@@ -217,15 +251,19 @@ def check_overfitting(h: RunHistory, t: Thresholds) -> Finding:
     """Val loss rising (significant regression slope) over recent evals while train loss drops."""
     k = min(len(h.eval_steps), t.overfit_evals)
     if k < t.overfit_min_evals:
-        return _finding("overfitting", NOT_ENOUGH_DATA,
-                        f"{len(h.eval_steps)} evals recorded; needs {t.overfit_min_evals}",
-                        evals=len(h.eval_steps))
+        return _finding(
+            "overfitting",
+            NOT_ENOUGH_DATA,
+            f"{len(h.eval_steps)} evals recorded; needs {t.overfit_min_evals}",
+            evals=len(h.eval_steps),
+        )
     xs, ys = h.eval_steps[-k:], h.eval_vals[-k:]
     lo, hi = xs[0], xs[-1]
     train_x, train_y = h.loss_points(lo, hi)
     if len(train_x) < 3:
-        return _finding("overfitting", NOT_ENOUGH_DATA,
-                        f"too few train-loss points between steps {lo} and {hi}", evals=k)
+        return _finding(
+            "overfitting", NOT_ENOUGH_DATA, f"too few train-loss points between steps {lo} and {hi}", evals=k
+        )
     val_slope, val_t = linear_fit(xs, ys)
     train_slope, train_t = linear_fit(train_x, train_y)
     span = hi - lo
@@ -235,9 +273,15 @@ def check_overfitting(h: RunHistory, t: Thresholds) -> Finding:
     gap_lo = ys[0] - train_lo if train_lo is not None else None
     gap_hi = ys[-1] - train_hi if train_hi is not None else None
     evidence = dict(
-        window=[lo, hi], evals=k, val_losses=[round(v, 4) for v in ys],
-        val_slope=val_slope, val_t=round(val_t, 2), val_rise=round(val_rise, 4),
-        train_slope=train_slope, train_t=round(train_t, 2), train_change=round(train_slope * span, 4),
+        window=[lo, hi],
+        evals=k,
+        val_losses=[round(v, 4) for v in ys],
+        val_slope=val_slope,
+        val_t=round(val_t, 2),
+        val_rise=round(val_rise, 4),
+        train_slope=train_slope,
+        train_t=round(train_t, 2),
+        train_change=round(train_slope * span, 4),
         gap_start=None if gap_lo is None else round(gap_lo, 4),
         gap_end=None if gap_hi is None else round(gap_hi, 4),
     )
@@ -265,9 +309,13 @@ def check_plateau(h: RunHistory, t: Thresholds) -> Finding:
     before = h.best_smoothed_until(boundary)
     if before is None:
         need = t.plateau_steps + h.smooth_width
-        return _finding("plateau", NOT_ENOUGH_DATA,
-                        f"{h.step_count} steps of train loss recorded; needs {need}",
-                        steps=h.step_count, needed=need)
+        return _finding(
+            "plateau",
+            NOT_ENOUGH_DATA,
+            f"{h.step_count} steps of train loss recorded; needs {need}",
+            steps=h.step_count,
+            needed=need,
+        )
     best_before, best_before_step = before
     xs, _ = h.loss_points(boundary + 1, h.last_step)
     recent = [s for s in (h.smoothed_loss(x, h.smooth_width) for x in xs) if s is not None]
@@ -280,15 +328,19 @@ def check_plateau(h: RunHistory, t: Thresholds) -> Finding:
     since = best_ever[1] if best_ever else best_before_step
 
     evidence: dict[str, Any] = dict(
-        window=[boundary + 1, h.last_step], smooth_width=h.smooth_width,
-        best_train_before=round(best_before, 4), best_train_before_step=best_before_step,
-        best_train_in_window=round(best_recent, 4), needed_improvement=round(margin, 4),
+        window=[boundary + 1, h.last_step],
+        smooth_width=h.smooth_width,
+        best_train_before=round(best_before, 4),
+        best_train_before_step=best_before_step,
+        best_train_in_window=round(best_recent, 4),
+        needed_improvement=round(margin, 4),
         best_step=since,
     )
+    gain = (best_before - best_recent) / abs(best_before) if best_before else 0.0
     text = (
         f"smoothed train loss: best {best_before:.4f} up to step {boundary}, "
         f"best {best_recent:.4f} in the last {t.plateau_steps} steps "
-        f"({'improved' if train_improved else 'not improved'} by {t.plateau_min_improvement:.1%})"
+        f"({gain:+.1%}, progress needs {t.plateau_min_improvement:.1%})"
     )
     val_improved = None
     i = bisect_right(h.eval_steps, boundary)
@@ -299,7 +351,7 @@ def check_plateau(h: RunHistory, t: Thresholds) -> Finding:
         text += f"; val loss best {val_before:.4f} before, {val_recent:.4f} since"
     fired = not train_improved and not val_improved
     if fired:
-        text = f"loss has not improved for {h.last_step - since} steps: " + text
+        text = f"loss has not improved in the last {t.plateau_steps} steps: " + text
     return _finding("plateau", FIRED if fired else OK, text, **evidence)
 
 
@@ -311,14 +363,20 @@ def check_symbio_stagnation(h: RunHistory, t: Thresholds) -> Finding:
     if not h.symbio:
         return _finding("symbio_stagnation", OK, "not a symbio run (no CUSUM fields or generations)")
     if h.step_count < t.symbio_window:
-        return _finding("symbio_stagnation", NOT_ENOUGH_DATA,
-                        f"{h.step_count} steps recorded; needs {t.symbio_window}", steps=h.step_count)
+        return _finding(
+            "symbio_stagnation",
+            NOT_ENOUGH_DATA,
+            f"{h.step_count} steps recorded; needs {t.symbio_window}",
+            steps=h.step_count,
+        )
     assert h.last_step is not None
     lo = h.last_step - t.symbio_window + 1
     alarms = h.alarms_since(lo)
     alarm_pct = _pct(alarms, t.symbio_window)
     evidence: dict[str, Any] = dict(
-        window=[lo, h.last_step], alarm_steps=alarms, alarm_pct=round(alarm_pct, 2),
+        window=[lo, h.last_step],
+        alarm_steps=alarms,
+        alarm_pct=round(alarm_pct, 2),
         generations=len(h.generations),
     )
     alarm_text = f"CUSUM throughput-collapse alarm on {alarm_pct:.0f}% of steps {lo}-{h.last_step}"
@@ -327,9 +385,11 @@ def check_symbio_stagnation(h: RunHistory, t: Thresholds) -> Finding:
     g = t.symbio_generations
     if len(h.generations) <= g:
         return _finding(
-            "symbio_stagnation", NOT_ENOUGH_DATA,
+            "symbio_stagnation",
+            NOT_ENOUGH_DATA,
             f"{alarm_text}, but only {len(h.generations)} generations recorded; needs {g + 1} "
-            "to tell whether candidates still improve", **evidence,
+            "to tell whether candidates still improve",
+            **evidence,
         )
     earlier = [
         v for gen in h.generations[:-g] for v in (gen.best_candidate, gen.best_reported) if v is not None
@@ -337,13 +397,18 @@ def check_symbio_stagnation(h: RunHistory, t: Thresholds) -> Finding:
     recent_gens = h.generations[-g:]
     recent = [gen.best_candidate for gen in recent_gens if gen.best_candidate is not None]
     if not earlier or not recent:
-        return _finding("symbio_stagnation", NOT_ENOUGH_DATA,
-                        f"{alarm_text}, but the generations carry no candidate val losses", **evidence)
+        return _finding(
+            "symbio_stagnation",
+            NOT_ENOUGH_DATA,
+            f"{alarm_text}, but the generations carry no candidate val losses",
+            **evidence,
+        )
     best_before, best_recent = min(earlier), min(recent)
     evidence.update(
         recent_generations=[gen.generation for gen in recent_gens],
         recent_candidates=sum(gen.candidates for gen in recent_gens),
-        best_val_before=round(best_before, 4), best_val_recent=round(best_recent, 4),
+        best_val_before=round(best_before, 4),
+        best_val_recent=round(best_recent, 4),
     )
     improved = best_recent < best_before
     text = (

@@ -32,7 +32,6 @@ EXIT_LINE = re.compile(r"\b(?:exit(?:ed)?(?: with)?(?: code| status)?)[ :=]+(-?\
 FATAL_LINES = ("Killed", "Segmentation fault", "Aborted")
 
 
-
 @dataclass
 class Source:
     """What was read, for the report header."""
@@ -56,6 +55,8 @@ def load_run(path: str, smooth_width: int = 250) -> tuple[RunHistory, Source]:
         source.bad_lines = read_metrics(p, history)
         if history.records == 0:
             raise ConfigError(f"no step records in {path} (expected metrics.jsonl lines with 'step')")
+    elif p.name.startswith("train_") and _is_run_dir(run_dir := p.with_name(p.stem[len("train_") :])):
+        source = _load_run_dir(run_dir, history)  # the log's run directory says more than the log
     else:
         source = Source(path, "log", [str(p)])
         if not read_log(p, history, steps=True):
@@ -63,9 +64,13 @@ def load_run(path: str, smooth_width: int = 250) -> tuple[RunHistory, Source]:
     return history, source
 
 
+def _is_run_dir(p: Path) -> bool:
+    return (p / "metrics.jsonl").is_file() or (p / "events.jsonl").is_file()
+
+
 def _load_run_dir(p: Path, history: RunHistory) -> Source:
     metrics, events = p / "metrics.jsonl", p / "events.jsonl"
-    if not metrics.is_file() and not events.is_file():
+    if not _is_run_dir(p):
         raise ConfigError(f"not a run directory (no metrics.jsonl or events.jsonl): {p}")
     source = Source(str(p), "run_dir")
     run_id = p.name
@@ -223,7 +228,8 @@ def read_log(path: Path, history: RunHistory, steps: bool = True, ending: bool =
                     end.exit_code, end.exit_line = int(m.group(1)), line
     if traceback:
         end.traceback = traceback[-TRACEBACK_TAIL:]
-    end.observable = True
+    if end.status is not None:
+        end.observable = True  # (a log without an end line may belong to a run still going)
     return recognised
 
 

@@ -1,0 +1,249 @@
+"""``alpha diagnose`` on synthetic runs: each failure mode fires its check and nothing else; healthy
+runs (noisy, with occasional spikes; or with a val loss that wiggles without a trend) fire nothing;
+bad input is one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import health_streams as hs
+import pytest
+
+from alpha.cli import main
+
+
+def diagnose(capsys: pytest.CaptureFixture[str], path: Path, *flags: str) -> tuple[int, dict]:
+    rc = main(["diagnose", str(path), "--json", *flags])
+    doc = json.loads(capsys.readouterr().out)
+    doc["by_check"] = {f["check"]: f for f in doc["findings"]}
+    return rc, doc
+
+
+def fired(doc: dict) -> set[str]:
+    return {f["check"] for f in doc["findings"] if f["status"] == "fired"}
+
+
+@pytest.mark.parametrize(
+    ("name", "stream", "expected"),
+    [
+        ("healthy noisy run with spikes", hs.healthy(), set()),
+        ("overfitting", hs.overfitting(), {"overfitting"}),
+        ("plateau", hs.plateau(), {"plateau"}),
+        ("recent instability", hs.instability_recent(), {"instability"}),
+        ("early instability", hs.instability_early(), {"instability"}),
+        ("symbio stagnation", hs.symbio(), {"symbio_stagnation"}),
+        ("symbio alarms but a candidate improves", hs.symbio(improving=True), set()),
+        ("symbio without alarms", hs.symbio(alarms=False), set()),
+    ],
+)
+def test_exactly_the_right_findings_fire(capsys, tmp_path, name, stream, expected):
+    rc, doc = diagnose(capsys, stream.write(tmp_path / "run"))
+    assert fired(doc) == expected, name
+    assert rc == (1 if expected else 0)
+    assert doc["healthy"] is (not expected)
+    # a completed run with events never guesses about crashing
+    assert doc["by_check"]["crash"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("phase", [i * math.pi / 6 for i in range(12)])
+def test_val_loss_that_wiggles_without_a_trend_is_not_overfitting(capsys, tmp_path, phase):
+    # Several of these windows end higher than they start (a two-point test would fire); the
+    # regression slope's t-statistic stays far from the threshold.
+    rc, doc = diagnose(capsys, hs.wiggling_val(phase).write(tmp_path / "run"))
+    overfit = doc["by_check"]["overfitting"]
+    assert overfit["status"] == "ok", overfit["summary"]
+    assert rc == 0
+
+
+def test_overfitting_evidence_states_window_slopes_and_gap(capsys, tmp_path):
+    _, doc = diagnose(capsys, hs.overfitting().write(tmp_path / "run"))
+    ev = doc["by_check"]["overfitting"]["evidence"]
+    assert ev["window"] == [3750, 5000] and ev["evals"] == 6
+    assert ev["val_slope"] > 0 > ev["train_slope"]
+    assert ev["gap_end"] > ev["gap_start"] + 0.1
+
+
+def test_instability_reports_whole_run_and_recent_window_separately(capsys, tmp_path):
+    _, doc = diagnose(capsys, hs.instability_recent().write(tmp_path / "run"))
+    ev = doc["by_check"]["instability"]["evidence"]
+    assert ev["bad_pct"] == 20.0 and ev["window_bad_pct"] == 40.0  # fires on the window alone
+    assert ev["window"] == [501, 1000]
+    assert ev["kinds"] == {"spike": 100, "nonfinite": 100}
+    _, doc = diagnose(capsys, hs.instability_early().write(tmp_path / "early"))
+    ev = doc["by_check"]["instability"]["evidence"]
+    assert ev["bad_pct"] == 30.0 and ev["window_bad_pct"] == 0.0  # fires on the whole run alone
+
+
+def test_threshold_flags_change_the_verdict(capsys, tmp_path):
+    run = hs.instability_recent().write(tmp_path / "run")
+    rc, doc = diagnose(capsys, run, "--instability-pct", "45")
+    assert rc == 0 and "instability" not in fired(doc)
+    plateau = hs.plateau().write(tmp_path / "plateau")
+    rc, doc = diagnose(capsys, plateau, "--plateau-steps", "6000")
+    assert rc == 0 and doc["by_check"]["plateau"]["status"] == "not_enough_data"
+    rc, doc = diagnose(capsys, run, "--window", "100")
+    assert doc["by_check"]["instability"]["evidence"]["window"] == [901, 1000]
+
+
+def test_short_run_says_not_enough_data_instead_of_guessing(capsys, tmp_path):
+    stream = hs.build(30, hs.decaying, lambda s: 3.0 + s / 100, eval_every=10)
+    rc, doc = diagnose(capsys, stream.write(tmp_path / "run"))
+    status = {c: f["status"] for c, f in doc["by_check"].items()}
+    assert status == {
+        "crash": "ok",
+        "instability": "not_enough_data",
+        "overfitting": "not_enough_data",
+        "plateau": "not_enough_data",
+        "symbio_stagnation": "ok",
+    }
+    assert rc == 0
+
+
+def test_symbio_with_too_few_generations_is_not_enough_data(capsys, tmp_path):
+    stream = hs.symbio(steps=600)  # 3 generations: none left to compare the recent 3 against
+    _, doc = diagnose(capsys, stream.write(tmp_path / "run"))
+    finding = doc["by_check"]["symbio_stagnation"]
+    assert finding["status"] == "not_enough_data" and "generations" in finding["summary"]
+
+
+def test_run_without_end_event_and_dead_pid_is_a_crash(capsys, tmp_path):
+    stream = hs.healthy(steps=1500)
+    stream.completed = False
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    rc, doc = diagnose(capsys, stream.write(tmp_path / "run", pid=dead.pid))
+    assert fired(doc) == {"crash"} and rc == 1
+    assert "without a training_complete event" in doc["by_check"]["crash"]["summary"]
+    # the same records while train.pid names a live process: still running, not a crash
+    rc, doc = diagnose(capsys, stream.write(tmp_path / "live", pid=_live_pid()))
+    assert doc["by_check"]["crash"]["status"] == "ok"
+    assert "still running" in doc["by_check"]["crash"]["summary"]
+
+
+def _live_pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+def test_resumed_run_replaces_the_lost_tail(capsys, tmp_path):
+    # steps 1-1000 bad-free, a crash, a resume from step 800 that re-logs 801-1200: the re-logged
+    # steps replace the old ones instead of counting twice
+    stream = hs.healthy(steps=1200)
+    records = stream.records[:1000] + stream.records[800:]
+    stream.records = records
+    _, doc = diagnose(capsys, stream.write(tmp_path / "run"))
+    assert doc["firstStep"] == 1 and doc["lastStep"] == 1200
+    assert doc["by_check"]["instability"]["evidence"]["steps"] == 1200
+
+
+# ---- train logs --------------------------------------------------------------------------------
+
+LOG_HEAD = """── alpha training ──
+run_id: historic_chat_v2_20260304155701_mwtr
+iters: 50000 | lr: 0.00005
+
+"""
+
+
+def _reference_log(steps: int, spike_every: int) -> str:
+    lines = [LOG_HEAD]
+    for s in range(1, steps + 1):
+        if s % spike_every == 0:
+            lines.append(
+                f"  [spike] grad_norm=41.3 > 10 — skipping step {s} ({s // spike_every} total skips) "
+                "| lr_scale 1->0.5 | batch_hash=0x1a2b3c4d tok_range=3:3999\n"
+            )
+        if s % 25 == 0 or s == 1:
+            lines.append(
+                f"step {s}/50000 | loss={5 - s / 1000:.4f} | lr=5.00e-5 | grad_norm=0.846 | "
+                "2146ms/it | 4772 tok/s | 1442 gpu_ops\n"
+            )
+    return "".join(lines)
+
+
+def test_reference_log_with_spike_notices(capsys, tmp_path):
+    log = tmp_path / "train_x.log"
+    log.write_text(_reference_log(1000, spike_every=3))  # 33% of steps skipped
+    rc, doc = diagnose(capsys, log)
+    assert rc == 1 and fired(doc) == {"instability"}
+    ev = doc["by_check"]["instability"]["evidence"]
+    assert ev["steps"] == 1000 and ev["bad_steps"] == 333
+    assert doc["totalIters"] == 50000
+    # no end line, no traceback and no train.pid: cannot tell a live run from a killed one
+    assert doc["by_check"]["crash"]["status"] == "not_enough_data"
+
+    log.write_text(_reference_log(1000, spike_every=10))
+    rc, doc = diagnose(capsys, log)
+    assert rc == 0 and doc["by_check"]["instability"]["evidence"]["bad_pct"] == 10.0
+
+
+def test_log_with_traceback_is_a_crash_and_shows_its_last_lines(capsys, tmp_path):
+    log = tmp_path / "train_x.log"
+    log.write_text(
+        _reference_log(200, spike_every=1000)
+        + "Traceback (most recent call last):\n"
+        + "".join(f'  File "trainer.py", line {i}, in step\n    frame_{i}()\n' for i in range(10))
+        + "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    )
+    rc = main(["diagnose", str(log)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert out.splitlines()[0] == "UNHEALTHY: crash"
+    assert "the log holds a traceback: torch.OutOfMemoryError: CUDA out of memory" in out
+    assert "  | torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" in out
+    assert "frame_9()" in out and "frame_0()" not in out  # the last lines, not the whole thing
+    assert "advice:" in out and "--resume latest" in out
+
+
+# ---- input errors and output shape ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing", "no such file or directory"),
+        (lambda p: p, "not a run directory"),
+        (lambda p: _write(p / "metrics.jsonl", "not json\n{oops\n"), "no step records"),
+        (lambda p: _write(p / "notes.txt", "hello\nworld\n"), "not a training log"),
+    ],
+)
+def test_unusable_input_is_one_line_and_exit_2(tmp_path, make, message):
+    path = make(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "alpha", "diagnose", str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_human_report_puts_the_verdict_first_then_evidence_then_advice(capsys, tmp_path):
+    rc = main(["diagnose", str(hs.overfitting().write(tmp_path / "run"))])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 1
+    assert lines[0] == "UNHEALTHY: overfitting"
+    body = "\n".join(lines)
+    assert body.index("overfitting: FIRED") < body.index("evidence:") < body.index("advice:")
+    assert "steps 3750-5000" in body
+    assert any(line.startswith("crash:") and " ok " in line for line in lines)
+
+
+def test_fifty_thousand_steps_with_symbio_fields_are_read_whole(capsys, tmp_path):
+    stream = hs.symbio(steps=50_000)
+    run = stream.write(tmp_path / "run")
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 50_000
+    rc, doc = diagnose(capsys, run)
+    assert doc["lastStep"] == 50_000
+    assert doc["by_check"]["symbio_stagnation"]["evidence"]["alarm_pct"] == 100.0
+    assert rc == 1
