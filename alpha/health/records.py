@@ -16,8 +16,10 @@ import json
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alpha.errors import ConfigError
 from alpha.health.history import TRACEBACK_TAIL, RunHistory
@@ -104,8 +106,8 @@ def _load_run_dir(p: Path, history: RunHistory) -> Source:
     return source
 
 
-def _jsonl(path: Path):
-    """Yield parsed objects; count lines that are not JSON objects (a truncated last line...)."""
+def _fold_jsonl(path: Path, fold: Callable[[dict[str, Any]], None]) -> int:
+    """Fold each JSON object line; return the number of unreadable lines (a truncated last line...)."""
     bad = 0
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
@@ -117,25 +119,19 @@ def _jsonl(path: Path):
                 bad += 1
                 continue
             if isinstance(obj, dict):
-                yield obj
+                fold(obj)
             else:
                 bad += 1
-    yield bad
+    return bad
 
 
 def read_metrics(path: Path, history: RunHistory) -> int:
     """Fold metrics.jsonl into the history; return the number of unreadable lines."""
-    *records, bad = _jsonl(path)
-    for record in records:
-        history.add_step(record)
-    return bad
+    return _fold_jsonl(path, history.add_step)
 
 
 def read_events(path: Path, history: RunHistory) -> int:
-    *records, bad = _jsonl(path)
-    for record in records:
-        history.add_event(record)
-    return bad
+    return _fold_jsonl(path, history.add_event)
 
 
 def read_pid(path: Path, history: RunHistory) -> None:
