@@ -391,19 +391,17 @@ def check_symbio_stagnation(h: RunHistory, t: Thresholds) -> Finding:
             "to tell whether candidates still improve",
             **evidence,
         )
-    earlier = [
-        v for gen in h.generations[:-g] for v in (gen.best_candidate, gen.best_reported) if v is not None
-    ]
+    best_before = h.generations[-g - 1].best_so_far
     recent_gens = h.generations[-g:]
     recent = [gen.best_candidate for gen in recent_gens if gen.best_candidate is not None]
-    if not earlier or not recent:
+    if best_before is None or not recent:
         return _finding(
             "symbio_stagnation",
             NOT_ENOUGH_DATA,
             f"{alarm_text}, but the generations carry no candidate val losses",
             **evidence,
         )
-    best_before, best_recent = min(earlier), min(recent)
+    best_recent = min(recent)
     evidence.update(
         recent_generations=[gen.generation for gen in recent_gens],
         recent_candidates=sum(gen.candidates for gen in recent_gens),

@@ -39,6 +39,7 @@ class Generation:
     candidates: int
     best_candidate: float | None  # lowest val loss among this generation's candidates
     best_reported: float | None  # the event's own bestValLoss
+    best_so_far: float | None  # lowest of both over this and every earlier generation
 
 
 @dataclass
@@ -184,13 +185,18 @@ class RunHistory:
                 values += [finite(cand.get("valLoss")), finite(cand.get("bestValLoss"))]
         values = [v for v in values if v is not None]
         generation = payload.get("generation")
+        reported = finite(payload.get("bestValLoss"))
+        known = [v for v in (min(values) if values else None, reported) if v is not None]
+        if self.generations and self.generations[-1].best_so_far is not None:
+            known.append(self.generations[-1].best_so_far)
         self.generations.append(
             Generation(
                 step=step,
                 generation=generation if isinstance(generation, int) else len(self.generations),
                 candidates=len(candidates),
                 best_candidate=min(values) if values else None,
-                best_reported=finite(payload.get("bestValLoss")),
+                best_reported=reported,
+                best_so_far=min(known) if known else None,
             )
         )
 

@@ -2,9 +2,12 @@
 
 It folds every event into a ``RunHistory`` (O(1) amortised per step) and re-runs the checks every
 ``every`` steps and after each eval or symbio generation, so a step costs a few list appends and
-an evaluation costs O(window / bucket). A check that starts firing emits one ``Alert``
-(kind ``health_<check>``) for the episode; the next alert for that check comes only after it has
-been healthy again. With ``--on-unhealthy stop`` the first alert also asks the trainer to save a
+an evaluation costs O(window / bucket), independent of the run's length.
+
+A check that starts firing emits one ``Alert`` (kind ``health_<check>``) for the episode. The
+episode ends only once the check has stayed ok for as many steps as its own window, so a loss
+hovering at the plateau threshold does not alert again and again; a later firing is a new episode
+with a new alert. With ``--on-unhealthy stop`` the first alert also asks the trainer to save a
 checkpoint and stop (exit code 3), and the watchdog's last word is one line on stderr saying why.
 The crash check is offline only: a live run has not crashed.
 """
@@ -43,6 +46,8 @@ class Watchdog:
         self.stream = stream or sys.stderr
         self.history = RunHistory(smooth_width=self.thresholds.plateau_smooth)
         self.firing: dict[str, bool] = {name: False for name in LIVE_CHECKS}
+        self._quiet_steps: dict[str, int] = {}  # ok steps that end the current episode
+        self._ok_since: dict[str, int | None] = {name: None for name in LIVE_CHECKS}
         self.alerts: list[Finding] = []
         self.stopped_by: Finding | None = None
         self._end: RunEnd | None = None
@@ -67,11 +72,20 @@ class Watchdog:
         """Run the live checks; alert on each check that has just started firing."""
         findings = [CHECKS[name](self.history, self.thresholds) for name in LIVE_CHECKS]
         for finding in findings:
-            if finding.status == FIRED and not self.firing[finding.check]:
-                self.firing[finding.check] = True
-                self._alert(step, finding)
-            elif finding.status == OK:
-                self.firing[finding.check] = False  # the episode is over
+            name = finding.check
+            if finding.status == FIRED:
+                self._ok_since[name] = None
+                if not self.firing[name]:
+                    self.firing[name] = True
+                    window = finding.evidence.get("window")
+                    self._quiet_steps[name] = window[1] - window[0] + 1 if window else self.every
+                    self._alert(step, finding)
+            elif finding.status == OK and self.firing[name]:
+                since = self._ok_since[name]
+                if since is None:
+                    self._ok_since[name] = step
+                elif step - since >= self._quiet_steps[name]:
+                    self.firing[name], self._ok_since[name] = False, None  # the episode is over
         return findings
 
     def _alert(self, step: int, finding: Finding) -> None:

@@ -217,3 +217,33 @@ def symbio(steps: int = 3000, improving: bool = False, alarms: bool = True, seed
             )
         )
     return stream
+
+
+def as_events(stream: Stream) -> list[Any]:
+    """The stream as the trainer emits it: each step's Step event, then that step's other events."""
+    from alpha.events import Eval, RunEnd, Step, SymbioGeneration
+
+    by_step: dict[int, list[dict[str, Any]]] = {}
+    for e in stream.events:
+        by_step.setdefault(e["step"], []).append(e)
+    out: list[Any] = []
+    for record in stream.records:
+        s = record["step"]
+        out.append(Step(step=s, metrics=dict(record)))
+        for e in by_step.get(s, []):
+            p = e["payload"]
+            if e["kind"] == "eval_summary":
+                out.append(Eval(step=s, train_loss=p["trainLoss"], val_loss=p["valLoss"], eval_windows=4))
+            elif e["kind"] == "symbio_generation":
+                out.append(
+                    SymbioGeneration(
+                        step=s,
+                        generation=p["generation"],
+                        candidates=p["candidates"],
+                        winner=p["winner"],
+                        best_val_loss=p["bestValLoss"],
+                    )
+                )
+    last = stream.records[-1]["step"]
+    out.append(RunEnd(step=last, status="completed", iters=last, elapsed_s=1.0, tokens_per_sec=1.0))
+    return out
