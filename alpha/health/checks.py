@@ -248,34 +248,59 @@ def check_instability(h: RunHistory, t: Thresholds) -> Finding:
 
 
 def check_overfitting(h: RunHistory, t: Thresholds) -> Finding:
-    """Val loss rising (significant regression slope) over recent evals while train loss drops."""
-    k = min(len(h.eval_steps), t.overfit_evals)
+    """Val loss rising while train loss drops: over the recent evals, or since the best val loss.
+
+    The first catches overfitting as it starts (the live case); the second a finished run whose
+    val loss rose and then levelled off above its best. Both need a significant regression slope
+    of val loss (t-statistic and total rise) and of train loss, so wiggles do not fire.
+    """
+    n = len(h.eval_steps)
+    k = min(n, t.overfit_evals)
     if k < t.overfit_min_evals:
         return _finding(
-            "overfitting",
-            NOT_ENOUGH_DATA,
-            f"{len(h.eval_steps)} evals recorded; needs {t.overfit_min_evals}",
-            evals=len(h.eval_steps),
+            "overfitting", NOT_ENOUGH_DATA, f"{n} evals recorded; needs {t.overfit_min_evals}", evals=n
         )
-    xs, ys = h.eval_steps[-k:], h.eval_vals[-k:]
+    recent = _val_trend(h, n - k, t, f"over the last {k} evals")
+    if recent is None:
+        return _finding("overfitting", NOT_ENOUGH_DATA, "too few train-loss points between the recent evals")
+    fired, text, evidence = recent
+    best = h.eval_prefix_argmin[-1]
+    first = max(best + 1, n - MAX_EVALS_SINCE_BEST)
+    if not fired and n - first >= t.overfit_min_evals:
+        since = _val_trend(
+            h,
+            first,
+            t,
+            f"over the {n - first} evals since its best {h.eval_vals[best]:.4f} at step {h.eval_steps[best]}",
+        )
+        if since is not None and since[0]:
+            fired, text, evidence = since
+            evidence.update(best_val=round(h.eval_vals[best], 4), best_val_step=h.eval_steps[best])
+    return _finding("overfitting", FIRED if fired else OK, text, **evidence)
+
+
+MAX_EVALS_SINCE_BEST = 64  # bounds the live cost of the since-best trend
+
+
+def _val_trend(h: RunHistory, first: int, t: Thresholds, label: str) -> tuple[bool, str, dict] | None:
+    """Fit val loss over evals ``first``.. and train loss over the same steps."""
+    xs, ys = h.eval_steps[first:], h.eval_vals[first:]
     lo, hi = xs[0], xs[-1]
     train_x, train_y = h.loss_points(lo, hi)
     if len(train_x) < 3:
-        return _finding(
-            "overfitting", NOT_ENOUGH_DATA, f"too few train-loss points between steps {lo} and {hi}", evals=k
-        )
+        return None
     val_slope, val_t = linear_fit(xs, ys)
     train_slope, train_t = linear_fit(train_x, train_y)
     span = hi - lo
     val_rise = val_slope * span
-    width = max(1, min(h.smooth_width, span // max(1, k - 1)))
+    width = max(1, min(h.smooth_width, span // max(1, len(xs) - 1)))
     train_lo, train_hi = h.smoothed_loss(lo, width), h.smoothed_loss(hi, width)
     gap_lo = ys[0] - train_lo if train_lo is not None else None
     gap_hi = ys[-1] - train_hi if train_hi is not None else None
     evidence = dict(
         window=[lo, hi],
-        evals=k,
-        val_losses=[round(v, 4) for v in ys],
+        evals=len(xs),
+        val_losses=[round(v, 4) for v in ys[-12:]],
         val_slope=val_slope,
         val_t=round(val_t, 2),
         val_rise=round(val_rise, 4),
@@ -289,13 +314,12 @@ def check_overfitting(h: RunHistory, t: Thresholds) -> Finding:
         f"; gap val-train {gap_lo:.3f} -> {gap_hi:.3f}" if gap_lo is not None and gap_hi is not None else ""
     )
     text = (
-        f"over the last {k} evals (steps {lo}-{hi}) val loss slope {val_slope:+.2e}/step "
+        f"{label} (steps {lo}-{hi}) val loss slope {val_slope:+.2e}/step "
         f"(t={val_t:.1f}, {val_rise:+.3f} across the window), train loss slope "
         f"{train_slope:+.2e}/step (t={train_t:.1f}){gaps}"
     )
     val_rising = val_t >= t.overfit_t and val_rise >= t.overfit_min_rise
-    fired = val_rising and train_slope < 0 and train_t <= -t.overfit_t
-    return _finding("overfitting", FIRED if fired else OK, text, **evidence)
+    return val_rising and train_slope < 0 and train_t <= -t.overfit_t, text, evidence
 
 
 # ---- plateau -------------------------------------------------------------------------------

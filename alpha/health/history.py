@@ -88,6 +88,7 @@ class RunHistory:
         self.eval_steps: list[int] = []
         self.eval_vals: list[float] = []
         self.eval_prefix_min: list[float] = []
+        self.eval_prefix_argmin: list[int] = []  # index of the best eval so far
         # symbio
         self.symbio = False
         self.alarm_steps: list[int] = []
@@ -174,7 +175,9 @@ class RunHistory:
         self.eval_steps.append(step)
         self.eval_vals.append(val)
         prev = self.eval_prefix_min[-1] if self.eval_prefix_min else math.inf
+        best_index = self.eval_prefix_argmin[-1] if val >= prev else len(self.eval_vals) - 1
         self.eval_prefix_min.append(min(prev, val))
+        self.eval_prefix_argmin.append(best_index)
 
     def add_generation(self, step: int, payload: dict[str, Any]) -> None:
         self.symbio = True
@@ -254,7 +257,12 @@ class RunHistory:
 
     def _truncate_evals(self, step: int) -> None:
         cut = bisect_left(self.eval_steps, step)
-        del self.eval_steps[cut:], self.eval_vals[cut:], self.eval_prefix_min[cut:]
+        del (
+            self.eval_steps[cut:],
+            self.eval_vals[cut:],
+            self.eval_prefix_min[cut:],
+            self.eval_prefix_argmin[cut:],
+        )
 
     # ---- queries (used by the checks) -----------------------------------------------------
 

@@ -48,6 +48,7 @@ class Watchdog:
         self.firing: dict[str, bool] = {name: False for name in LIVE_CHECKS}
         self._quiet_steps: dict[str, int] = {}  # ok steps that end the current episode
         self._ok_since: dict[str, int | None] = {name: None for name in LIVE_CHECKS}
+        self._evals_checked = -1
         self.alerts: list[Finding] = []
         self.stopped_by: Finding | None = None
         self._end: RunEnd | None = None
@@ -70,7 +71,11 @@ class Watchdog:
 
     def evaluate(self, step: int) -> list[Finding]:
         """Run the live checks; alert on each check that has just started firing."""
-        findings = [CHECKS[name](self.history, self.thresholds) for name in LIVE_CHECKS]
+        evals = len(self.history.eval_steps)
+        # overfitting reads eval windows only, so its verdict can change only with a new eval
+        names = [n for n in LIVE_CHECKS if n != "overfitting" or evals != self._evals_checked]
+        self._evals_checked = evals
+        findings = [CHECKS[name](self.history, self.thresholds) for name in names]
         for finding in findings:
             name = finding.check
             if finding.status == FIRED:

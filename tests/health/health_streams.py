@@ -144,6 +144,16 @@ def overfitting(steps: int = 5000, seed: int = 0) -> Stream:
     return build(steps, decaying, val, seed=seed)
 
 
+def overfit_then_level(steps: int = 6000, seed: int = 0) -> Stream:
+    """Val loss bottoms out at step 1500, climbs until 3500, then stays up (a finished run whose
+    recent evals are flat): train loss keeps dropping throughout."""
+
+    def val(s: int) -> float:
+        return decaying(min(s, 1500)) + 0.05 + 0.0002 * min(2000, max(0, s - 1500))
+
+    return build(steps, decaying, val, seed=seed)
+
+
 def plateau(steps: int = 6000, seed: int = 0) -> Stream:
     """Loss falls until step 2500, then stays flat (noisy) with val flat too."""
 

@@ -32,6 +32,7 @@ def fired(doc: dict) -> set[str]:
     [
         ("healthy noisy run with spikes", hs.healthy(), set()),
         ("overfitting", hs.overfitting(), {"overfitting"}),
+        ("overfit, then val levelled off above its best", hs.overfit_then_level(), {"overfitting"}),
         ("plateau", hs.plateau(), {"plateau"}),
         ("recent instability", hs.instability_recent(), {"instability"}),
         ("early instability", hs.instability_early(), {"instability"}),
@@ -65,6 +66,14 @@ def test_overfitting_evidence_states_window_slopes_and_gap(capsys, tmp_path):
     assert ev["window"] == [3750, 5000] and ev["evals"] == 6
     assert ev["val_slope"] > 0 > ev["train_slope"]
     assert ev["gap_end"] > ev["gap_start"] + 0.1
+
+
+def test_overfitting_after_the_fact_is_measured_from_the_best_val_loss(capsys, tmp_path):
+    _, doc = diagnose(capsys, hs.overfit_then_level().write(tmp_path / "run"))
+    finding = doc["by_check"]["overfitting"]
+    assert finding["evidence"]["best_val_step"] == 1500
+    assert finding["evidence"]["window"] == [1750, 6000]
+    assert "since its best" in finding["summary"]
 
 
 def test_instability_reports_whole_run_and_recent_window_separately(capsys, tmp_path):
