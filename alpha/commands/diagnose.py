@@ -43,12 +43,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--window",
         type=int,
         default=None,
+        metavar="N",
         help="recent window in steps for instability and symbio (sets both)",
     )
     g = p.add_argument_group("thresholds")
     for dest, (flag, kind, text) in THRESHOLD_FLAGS.items():
         g.add_argument(
-            flag, dest=dest, type=kind, default=None, help=f"{text} (default {getattr(defaults, dest)})"
+            flag,
+            dest=dest,
+            type=kind,
+            default=None,
+            metavar="N" if kind is int else "X",
+            help=f"{text} (default {getattr(defaults, dest)})",
         )
 
 
