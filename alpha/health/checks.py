@@ -395,7 +395,7 @@ def check_symbio_stagnation(h: RunHistory, t: Thresholds) -> Finding:
         )
     assert h.last_step is not None
     lo = h.last_step - t.symbio_window + 1
-    alarms = h.alarms_since(lo)
+    alarms = h.alarms_between(lo, h.last_step)
     alarm_pct = _pct(alarms, t.symbio_window)
     evidence: dict[str, Any] = dict(
         window=[lo, h.last_step],

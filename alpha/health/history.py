@@ -276,8 +276,9 @@ class RunHistory:
         """Number of bad steps at or after ``step``."""
         return len(self.bad_steps) - bisect_left(self.bad_steps, step)
 
-    def alarms_since(self, step: int) -> int:
-        return len(self.alarm_steps) - bisect_left(self.alarm_steps, step)
+    def alarms_between(self, lo: int, hi: int) -> int:
+        """Alarmed steps in [lo, hi] (a log's alert notices can run ahead of its step lines)."""
+        return bisect_right(self.alarm_steps, hi) - bisect_left(self.alarm_steps, lo)
 
     def loss_points(self, lo: int, hi: int) -> tuple[list[int], list[float]]:
         """(bucket end step, bucket mean loss) for closed buckets ending in [lo, hi]."""

@@ -29,6 +29,7 @@ STEP_LINE = re.compile(
     r"(?: clip=\S+)?(?: skipped=(\w+))?"
 )
 STEP_IN_NOTICE = re.compile(r"\bstep (\d+)")
+GENERATION_NOTICE = re.compile(r"^\[symbio\] generation (\d+): winner .* val_loss=(\S+)$")
 END_LINE = re.compile(r"^──+ training (\w+)")
 EXIT_LINE = re.compile(r"\b(?:exit(?:ed)?(?: with)?(?: code| status)?)[ :=]+(-?\d+)\b", re.IGNORECASE)
 FATAL_LINES = ("Killed", "Segmentation fault", "Aborted")
@@ -262,10 +263,16 @@ def _fold_notice(line: str, history: RunHistory, alarm_step: int) -> int:
         if m:
             kind = "spike" if body.startswith("[spike") else "nonfinite"
             history.mark_bad(int(m.group(1)), kind)
-    elif body.startswith("[symbio]") and "CUSUM alert" in body:
+    elif body.startswith("[symbio") and "CUSUM alert" in body:
         history.symbio = True
         if "throughput collapse" in body:
             alarm_step += 1
             if not history.alarm_steps or alarm_step > history.alarm_steps[-1]:
                 history.alarm_steps.append(alarm_step)
+    elif body.startswith("[symbio] generation "):
+        m = GENERATION_NOTICE.match(body)
+        if m:  # the winner is the generation's best candidate
+            val = _number(m.group(2))
+            payload = {"generation": int(m.group(1)), "candidates": [{"valLoss": val}]}
+            history.add_generation(history.last_step or 0, payload)
     return alarm_step

@@ -256,3 +256,50 @@ def test_fifty_thousand_steps_with_symbio_fields_are_read_whole(capsys, tmp_path
     assert doc["lastStep"] == 50_000
     assert doc["by_check"]["symbio_stagnation"]["evidence"]["alarm_pct"] == 100.0
     assert rc == 1
+
+
+# ---- our own log shape, written by the real log sink -------------------------------------------
+
+
+def _write_log_with_sink(stream: hs.Stream, path: Path, log_every: int) -> None:
+    """Replay a stream through the trainer's LogFileSink, as `alpha train` would write the log:
+    CUSUM alerts precede their step (the search's step hook emits them), skipped steps always get
+    a step line, other steps one per ``log_every``."""
+    from alpha.config import ModelConfig, TrainConfig
+    from alpha.events import Alert, RunStart, Step
+    from alpha.sinks.logfile import LogFileSink
+
+    sink = LogFileSink(path)
+    iters = stream.records[-1]["step"]
+    sink.handle(
+        RunStart(
+            step=0, run_id="x", run_dir="runs/x", domain="chat", data_path="chat.txt",
+            model_config=ModelConfig(vocab_size=96).to_wire(),
+            train_config=TrainConfig(iters=iters, log_every=log_every).to_wire(),
+            total_params=1000, infra={},
+        )
+    )  # fmt: skip
+    for event in hs.as_events(stream)[:-1]:  # no RunEnd: the run is still going
+        if isinstance(event, Step) and event.metrics.get("cusum_alert_reason"):
+            text = "CUSUM alert: " + event.metrics["cusum_alert_reason"]
+            sink.handle(Alert(step=event.step, kind="symbio_cusum_alert", text=text))
+        sink.handle(event)
+    sink.close()
+
+
+@pytest.mark.parametrize(
+    ("stream", "check"),
+    [(hs.instability_recent(), "instability"), (hs.symbio(), "symbio_stagnation"), (hs.healthy(), None)],
+)
+def test_logs_written_by_our_log_sink(capsys, tmp_path, stream, check):
+    log = tmp_path / "train_x.log"
+    _write_log_with_sink(stream, log, log_every=50)
+    rc, doc = diagnose(capsys, log)
+    assert fired(doc) == ({check} if check else set())
+    assert doc["lastStep"] == stream.records[-1]["step"]
+    truth = {c: f for c, f in diagnose(capsys, stream.write(tmp_path / "run"))[1]["by_check"].items()}
+    if check == "instability":  # every skipped step has its own line: the log loses nothing
+        assert doc["by_check"][check]["evidence"]["bad_steps"] == truth[check]["evidence"]["bad_steps"] == 200
+    if check == "symbio_stagnation":  # alarms counted from notices, generations from their lines
+        assert doc["by_check"][check]["evidence"]["alarm_pct"] == 100.0
+        assert doc["by_check"][check]["evidence"]["generations"] == 15
