@@ -156,7 +156,7 @@ class TrainConfig:
     vocab_size: int = 4000
     dtype: str = "auto"
     compile: bool | None = None  # None: on for CUDA
-    log_every: int = 1
+    log_every: int = 10
     run_dir: str | None = None
     resume: str | None = None
     symbio: bool = False
@@ -201,9 +201,7 @@ def domain_for(name: str) -> Domain:
     return DOMAINS[name]
 
 
-def resolve(
-    model_flags: dict[str, Any], train_flags: dict[str, Any]
-) -> tuple[ModelConfig, TrainConfig]:
+def resolve(model_flags: dict[str, Any], train_flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
     """Combine flags (None = not given) with the domain preset and global defaults.
 
     A peak lr given without ``--lr-min`` gets ``lr / 10`` as its floor, not the preset's floor.
@@ -231,7 +229,9 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(model: ModelConfig, train: TrainConfig) -> None:
     """Every check that needs no data. Raises ConfigError with a one-line reason."""
-    _require(model.n_embd > 0 and model.n_head > 0 and model.n_layer > 0, "--dim, --heads, --layers must be > 0")
+    _require(
+        model.n_embd > 0 and model.n_head > 0 and model.n_layer > 0, "--dim, --heads, --layers must be > 0"
+    )
     _require(
         model.n_embd % model.n_head == 0,
         f"--dim {model.n_embd} is not divisible by --heads {model.n_head}",
@@ -264,7 +264,10 @@ def validate(model: ModelConfig, train: TrainConfig) -> None:
     _require(train.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
     _require(train.backend in BACKENDS, f"--backend {train.backend!r} is not one of {', '.join(BACKENDS)}")
     _require(train.dtype in DTYPES, f"--dtype {train.dtype!r} is not one of {', '.join(DTYPES)}")
-    _require(train.tokenizer in TOKENIZERS, f"--tokenizer {train.tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
+    _require(
+        train.tokenizer in TOKENIZERS,
+        f"--tokenizer {train.tokenizer!r} is not one of {', '.join(TOKENIZERS)}",
+    )
     _require(
         train.tokenizer != "bpe" or 300 <= train.vocab_size <= 65535,
         f"--vocab-size must be in [300, 65535] for byte-level BPE (got {train.vocab_size})",

@@ -51,8 +51,8 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from alpha.config import TrainConfig, resolve, validate
-    from alpha.data.tokens import BatchSource, TokenData
+    from alpha.config import resolve, validate
+    from alpha.data.tokens import TokenData
     from alpha.events import EventBus
     from alpha.model.gpt import GPT, flops_per_token
     from alpha.train.launch import resolve_device, resolve_precision
@@ -61,11 +61,26 @@ def run(args: argparse.Namespace) -> int:
     shape = _shape(args)
     backend = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}.get(args.device, args.device)
     model_cfg, train_cfg = resolve(
-        {"n_embd": shape["dim"], "n_head": shape["heads"], "n_layer": shape["layers"],
-         "block_size": shape["block"], "ffn_activation": args.activation, "dropout": 0.0},
-        {"data": "<random>", "batch_size": shape["batch"], "iters": 10**9, "backend": backend,
-         "dtype": args.dtype, "compile": args.compile, "lr": 3e-4, "grad_clip": 1.0, "vocab_size": 4000,
-         "eval_iters": 1},
+        {
+            "n_embd": shape["dim"],
+            "n_head": shape["heads"],
+            "n_layer": shape["layers"],
+            "block_size": shape["block"],
+            "ffn_activation": args.activation,
+            "dropout": 0.0,
+        },
+        {
+            "data": "<random>",
+            "batch_size": shape["batch"],
+            "iters": 10**9,
+            "backend": backend,
+            "dtype": args.dtype,
+            "compile": args.compile,
+            "lr": 3e-4,
+            "grad_clip": 1.0,
+            "vocab_size": 4000,
+            "eval_iters": 1,
+        },
     )
     validate(model_cfg, train_cfg)
     model_cfg.vocab_size = shape["vocab"]
@@ -96,8 +111,10 @@ def run(args: argparse.Namespace) -> int:
     class _Tokenizer:  # bench never samples; the trainer only needs the attribute
         eot_id = 0
 
-    results: dict[str, Any] = {"config": shape | {"device": str(device), "precision": str(precision),
-                                                   "compile": bool(train_cfg.compile)}}
+    results: dict[str, Any] = {
+        "config": shape
+        | {"device": str(device), "precision": str(precision), "compile": bool(train_cfg.compile)}
+    }
     torch.manual_seed(0)
     model = GPT(model_cfg)
     n_params = model.num_params()
@@ -118,9 +135,15 @@ def run(args: argparse.Namespace) -> int:
         del trainer
         torch.manual_seed(0)
         results["baseline"] = _report(
-            _median(measure, _plain_loop(GPT(model_cfg).to(device), data, shape, device, precision, args,
-                                         train_cfg), args.repeat),
-            tokens_per_step, flops, peak, device,
+            _median(
+                measure,
+                _plain_loop(GPT(model_cfg).to(device), data, shape, device, precision, args, train_cfg),
+                args.repeat,
+            ),
+            tokens_per_step,
+            flops,
+            peak,
+            device,
         )
         results["speedup"] = results["baseline"]["ms_per_step"] / results["alpha"]["ms_per_step"]
     results["params"] = n_params
@@ -132,8 +155,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plain_loop(model: Any, data: Any, shape: dict, device: Any, precision: Any, args: argparse.Namespace,
-                train_cfg: Any) -> Any:
+def _plain_loop(
+    model: Any, data: Any, shape: dict, device: Any, precision: Any, args: argparse.Namespace, train_cfg: Any
+) -> Any:
     """The reference probe: autocast forward, backward, clip_grad_norm_, AdamW step."""
     import contextlib
 
@@ -142,8 +166,9 @@ def _plain_loop(model: Any, data: Any, shape: dict, device: Any, precision: Any,
     from alpha.data.tokens import BatchSource
 
     batches = BatchSource(data.train, shape["block"], shape["batch"], 0, 0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                            fused=device.type == "cuda")
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
+    )
     step_model = model
     if train_cfg.compile:
         mode = None if args.baseline_mode == "default" else args.baseline_mode
@@ -152,7 +177,11 @@ def _plain_loop(model: Any, data: Any, shape: dict, device: Any, precision: Any,
     def step(i: int) -> None:
         x, y = batches.batch((0, i))
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        ctx = torch.autocast(device.type, dtype=precision) if precision is not None else contextlib.nullcontext()
+        ctx = (
+            torch.autocast(device.type, dtype=precision)
+            if precision is not None
+            else contextlib.nullcontext()
+        )
         with ctx:
             loss = step_model(x, y)
         loss.backward()
@@ -216,8 +245,8 @@ def _print_table(results: dict) -> None:
             r = results[name]
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
             sys.stdout.write(
-                f"{name:>9}: {r['ms_per_step']:8.2f} ms/step | {r['tokens_per_sec']:>12,.0f} tok/s | MFU {mfu} "
-                f"| peak mem {r['peak_mem_gb']:.2f} GB\n"
+                f"{name:>9}: {r['ms_per_step']:8.2f} ms/step | {r['tokens_per_sec']:>12,.0f} tok/s "
+                f"| MFU {mfu} | peak mem {r['peak_mem_gb']:.2f} GB\n"
             )
     if "speedup" in results:
         sys.stdout.write(f"alpha / baseline speed: {results['speedup']:.3f}x\n")

@@ -50,7 +50,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         model.load_state_dict(ckpt.model)
     except RuntimeError as exc:
-        raise ConfigError(f"{path}: weights do not match its model config ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{path}: weights do not match its model config ({str(exc).splitlines()[0]})"
+        ) from None
     model.to(device)
     domain_name = ckpt.meta.get("domain", "text")
     domain = domain_for(domain_name)

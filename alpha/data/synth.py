@@ -13,23 +13,87 @@ from collections.abc import Callable
 
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 MONTHS = [
-    ("January", 31), ("February", 28), ("March", 31), ("April", 30), ("May", 31), ("June", 30),
-    ("July", 31), ("August", 31), ("September", 30), ("October", 31), ("November", 30), ("December", 31),
+    ("January", 31),
+    ("February", 28),
+    ("March", 31),
+    ("April", 30),
+    ("May", 31),
+    ("June", 30),
+    ("July", 31),
+    ("August", 31),
+    ("September", 30),
+    ("October", 31),
+    ("November", 30),
+    ("December", 31),
 ]
 WORDS = [
-    "cat", "dog", "apple", "river", "stone", "house", "light", "music", "garden", "window", "paper",
-    "bread", "cloud", "green", "table", "chair", "water", "horse", "bird", "tree", "book", "song",
-    "ocean", "train", "plant", "smile", "dream", "night", "sun", "moon", "star", "road", "field",
+    "cat",
+    "dog",
+    "apple",
+    "river",
+    "stone",
+    "house",
+    "light",
+    "music",
+    "garden",
+    "window",
+    "paper",
+    "bread",
+    "cloud",
+    "green",
+    "table",
+    "chair",
+    "water",
+    "horse",
+    "bird",
+    "tree",
+    "book",
+    "song",
+    "ocean",
+    "train",
+    "plant",
+    "smile",
+    "dream",
+    "night",
+    "sun",
+    "moon",
+    "star",
+    "road",
+    "field",
 ]
 OPPOSITES = [
-    ("hot", "cold"), ("big", "small"), ("fast", "slow"), ("up", "down"), ("happy", "sad"),
-    ("light", "dark"), ("old", "young"), ("early", "late"), ("full", "empty"), ("open", "closed"),
-    ("high", "low"), ("strong", "weak"), ("near", "far"), ("wet", "dry"), ("hard", "soft"),
+    ("hot", "cold"),
+    ("big", "small"),
+    ("fast", "slow"),
+    ("up", "down"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("old", "young"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("open", "closed"),
+    ("high", "low"),
+    ("strong", "weak"),
+    ("near", "far"),
+    ("wet", "dry"),
+    ("hard", "soft"),
 ]
 PLURALS = [
-    ("box", "boxes"), ("cat", "cats"), ("child", "children"), ("mouse", "mice"), ("city", "cities"),
-    ("leaf", "leaves"), ("man", "men"), ("foot", "feet"), ("tooth", "teeth"), ("bus", "buses"),
-    ("story", "stories"), ("knife", "knives"), ("dog", "dogs"), ("glass", "glasses"), ("baby", "babies"),
+    ("box", "boxes"),
+    ("cat", "cats"),
+    ("child", "children"),
+    ("mouse", "mice"),
+    ("city", "cities"),
+    ("leaf", "leaves"),
+    ("man", "men"),
+    ("foot", "feet"),
+    ("tooth", "teeth"),
+    ("bus", "buses"),
+    ("story", "stories"),
+    ("knife", "knives"),
+    ("dog", "dogs"),
+    ("glass", "glasses"),
+    ("baby", "babies"),
 ]
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
 GREETINGS = [
@@ -60,7 +124,10 @@ def _calendar(rng: random.Random) -> tuple[str, str]:
         return f"What day comes before {DAYS[i]}?", f"The day before {DAYS[i]} is {DAYS[i - 1]}."
     if kind == 2:
         i = rng.randrange(12)
-        return f"What month comes after {MONTHS[i][0]}?", f"The month after {MONTHS[i][0]} is {MONTHS[(i + 1) % 12][0]}."
+        return (
+            f"What month comes after {MONTHS[i][0]}?",
+            f"The month after {MONTHS[i][0]} is {MONTHS[(i + 1) % 12][0]}.",
+        )
     name, days = rng.choice(MONTHS)
     return f"How many days are in {name}?", f"{name} has {days} days."
 
@@ -101,7 +168,12 @@ def _greeting(rng: random.Random) -> tuple[str, str]:
 
 
 TOPICS: list[Callable[[random.Random], tuple[str, str]]] = [
-    _arithmetic, _calendar, _spelling, _word_game, _counting, _greeting,
+    _arithmetic,
+    _calendar,
+    _spelling,
+    _word_game,
+    _counting,
+    _greeting,
 ]
 
 

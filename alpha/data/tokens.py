@@ -86,7 +86,13 @@ def prepare_tokens(
     data = check_data_file(data_path)
     val = check_data_file(val_path, "val data file") if val_path else None
     key_src = "|".join(
-        [CACHE_FORMAT, file_digest(data), file_digest(val) if val else "-", tokenizer_digest(tokenizer), domain]
+        [
+            CACHE_FORMAT,
+            file_digest(data),
+            file_digest(val) if val else "-",
+            tokenizer_digest(tokenizer),
+            domain,
+        ]
     )
     key = hashlib.blake2b(key_src.encode(), digest_size=16).hexdigest()
     target = cache_dir() / "tokens" / key
@@ -172,9 +178,14 @@ def _build_cache(
 class BatchSource:
     """Random windows of ``block + 1`` tokens from a token array, addressed by a key."""
 
-    def __init__(self, tokens: np.ndarray, block: int, batch: int, seed: int, stream: int) -> None:
+    def __init__(
+        self, tokens: np.ndarray, block: int, batch: int, seed: int, stream: int, name: str = "training split"
+    ) -> None:
         if len(tokens) < block + 2:
-            raise ConfigError(f"{len(tokens)} tokens cannot fill one window of --block {block}")
+            raise ConfigError(
+                f"--block {block} is larger than the {name} ({len(tokens)} tokens); "
+                "use a smaller --block or more data"
+            )
         self.tokens = tokens
         self.block = block
         self.batch_size = batch

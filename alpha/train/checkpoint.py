@@ -69,7 +69,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict[int, str]) -
 
 
 def load_optimizer_tensors(
-    optimizer: torch.optim.Optimizer, named_params: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer,
+    named_params: dict[str, torch.nn.Parameter],
+    tensors: dict[str, torch.Tensor],
 ) -> None:
     for key, value in tensors.items():
         name, state_key = key.rsplit(".", 1)

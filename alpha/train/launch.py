@@ -97,7 +97,9 @@ def _find_resume_checkpoint(resume: str, run_dir: str | None) -> Path:
             candidates = [p for d in Path("runs").glob("*/") if (p := latest_checkpoint(d)) is not None]
             found = max(candidates, key=lambda p: p.stat().st_mtime) if candidates else None
         if found is None:
-            raise ConfigError("--resume latest: no checkpoint found" + (f" in {run_dir}" if run_dir else " under runs/"))
+            raise ConfigError(
+                "--resume latest: no checkpoint found" + (f" in {run_dir}" if run_dir else " under runs/")
+            )
         return found
     path = Path(resume)
     if path.is_dir():
@@ -110,7 +112,9 @@ def _find_resume_checkpoint(resume: str, run_dir: str | None) -> Path:
     return path
 
 
-def _plan_resume(args: argparse.Namespace, model_given: dict[str, Any], train_given: dict[str, Any]) -> RunPlan:
+def _plan_resume(
+    args: argparse.Namespace, model_given: dict[str, Any], train_given: dict[str, Any]
+) -> RunPlan:
     path = _find_resume_checkpoint(args.resume, args.run_dir)
     ckpt = load_checkpoint(path)
     try:
@@ -131,7 +135,9 @@ def _plan_resume(args: argparse.Namespace, model_given: dict[str, Any], train_gi
         _load_symbio_config(train_cfg)
     validate(model_cfg, train_cfg)
     if ckpt.step >= train_cfg.iters:
-        raise ConfigError(f"checkpoint is at step {ckpt.step}, already at --iters {train_cfg.iters}; raise --iters")
+        raise ConfigError(
+            f"checkpoint is at step {ckpt.step}, already at --iters {train_cfg.iters}; raise --iters"
+        )
     run_dir = Path(args.run_dir) if args.run_dir else path.parent
     train_cfg.run_dir = str(run_dir)
     return RunPlan(model_cfg, train_cfg, str(ckpt.meta.get("runId") or run_dir.name), run_dir, ckpt)
@@ -142,7 +148,9 @@ def resolve_device(train_cfg: TrainConfig, local_rank: int) -> torch.device:
     backend = train_cfg.backend
     if backend in ("cuda", "helios"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"--backend {backend} needs a CUDA GPU, and none is available (use --backend cpu)")
+            raise ConfigError(
+                f"--backend {backend} needs a CUDA GPU, and none is available (use --backend cpu)"
+            )
         return torch.device("cuda", local_rank)
     if backend == "auto" and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
@@ -166,10 +174,8 @@ def infra_facts(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
     }
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):
         facts["ramTotalMb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)
-    except (ValueError, OSError, AttributeError):
-        pass
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         facts.update(gpuName=props.name, gpuVendor="NVIDIA", gpuVramMb=round(props.total_memory / 2**20))
@@ -184,7 +190,9 @@ def init_distributed() -> tuple[int, int, int]:
     if world <= 1:
         return 0, 0, 1
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    backend = "nccl" if torch.cuda.is_available() and os.environ.get("ALPHA_DIST_BACKEND") != "gloo" else "gloo"
+    backend = (
+        "nccl" if torch.cuda.is_available() and os.environ.get("ALPHA_DIST_BACKEND") != "gloo" else "gloo"
+    )
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     torch.distributed.init_process_group(backend=backend)
@@ -194,7 +202,16 @@ def init_distributed() -> tuple[int, int, int]:
 def exec_torchrun(gpus: int) -> None:
     """``alpha train --gpus N``: re-run this command under torchrun with N processes."""
     argv = [a for a in sys.argv[1:]]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "alpha", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={gpus}",
+        "-m",
+        "alpha",
+        *argv,
+    ]
     os.execv(sys.executable, cmd)
 
 
@@ -247,8 +264,12 @@ def attach_components(trainer: Trainer, plan: RunPlan) -> None:
             from alpha.symbio.search import attach_search
         except ImportError:
             trainer.bus.emit(
-                Alert(step=trainer.step, kind="symbio_unavailable", level="warn",
-                      text="--symbio: the search is not available in this build; training the base activation")
+                Alert(
+                    step=trainer.step,
+                    kind="symbio_unavailable",
+                    level="warn",
+                    text="--symbio: the search is not available in this build; training the base activation",
+                )
             )
             return
         attach_search(trainer, plan.train_cfg.symbio_config or {})
@@ -276,7 +297,9 @@ class PidFile:
     def __enter__(self) -> PidFile:
         from alpha.events import utc_now_iso
 
-        self.path.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now_iso()}))
+        self.path.write_text(
+            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now_iso()})
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

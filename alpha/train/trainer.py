@@ -118,16 +118,13 @@ class Trainer:
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.forward_model: nn.Module = self._wrap(self.model)
         block = self.model_cfg.block_size
+        val_batches = BatchSource(
+            data.val, block, cfg.batch_size, cfg.seed, stream=1, name="validation split"
+        )
         self.train_batches = BatchSource(data.train, block, cfg.batch_size, cfg.seed, stream=0)
-        if len(data.val) < block + 2:
-            from alpha.errors import ConfigError
-
-            raise ConfigError(
-                f"--block {block} is larger than the validation split ({len(data.val)} tokens); "
-                "use a smaller --block or more data"
-            )
-        val_batches = BatchSource(data.val, block, cfg.batch_size, cfg.seed, stream=1)
-        self.val_windows = [tuple(t.to(self.device) for t in val_batches.batch((i,))) for i in range(cfg.eval_iters)]
+        self.val_windows = [
+            tuple(t.to(self.device) for t in val_batches.batch((i,))) for i in range(cfg.eval_iters)
+        ]
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * block * ctx.world_size
         self.step = 0
         self.components: dict[str, Stateful] = {}
@@ -233,13 +230,19 @@ class Trainer:
 
     def _update_guards(self, grad_norm: torch.Tensor, applied: torch.Tensor, finite: torch.Tensor) -> None:
         g = self.guards
-        ema = torch.where(g["accepted"] > 0, EMA_DECAY * g["grad_norm_ema"] + (1 - EMA_DECAY) * grad_norm, grad_norm)
+        ema = torch.where(
+            g["accepted"] > 0, EMA_DECAY * g["grad_norm_ema"] + (1 - EMA_DECAY) * grad_norm, grad_norm
+        )
         g["grad_norm_ema"].copy_(torch.where(applied, ema, g["grad_norm_ema"]))
         g["accepted"].add_(applied.float())
         if self.ctx.autocast_dtype == torch.float16:  # dynamic loss scaling, decided on device
             grown = torch.where(g["good_steps"] + 1 >= LOSS_SCALE_GROWTH_INTERVAL, 2.0, 1.0)
-            g["loss_scale"].copy_(torch.where(finite, g["loss_scale"] * grown, torch.clamp(g["loss_scale"] / 2, min=1.0)))
-            g["good_steps"].copy_(torch.where(finite & (grown == 1.0), g["good_steps"] + 1, torch.zeros_like(g["good_steps"])))
+            g["loss_scale"].copy_(
+                torch.where(finite, g["loss_scale"] * grown, torch.clamp(g["loss_scale"] / 2, min=1.0))
+            )
+            g["good_steps"].copy_(
+                torch.where(finite & (grown == 1.0), g["good_steps"] + 1, torch.zeros_like(g["good_steps"]))
+            )
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> RunEnd:
@@ -336,7 +339,14 @@ class Trainer:
         self._mark = time.perf_counter()
 
     def _emit_step(
-        self, p: _PendingStep, loss: float, gnorm: float, clip: float, applied: bool, spike: bool, lr: float,
+        self,
+        p: _PendingStep,
+        loss: float,
+        gnorm: float,
+        clip: float,
+        applied: bool,
+        spike: bool,
+        lr: float,
         seconds: float,
     ) -> None:
         c = self.host_counters
@@ -372,11 +382,19 @@ class Trainer:
             return
         if reason == "spike":
             ema = float(self.guards["grad_norm_ema"])
-            kind, text = "spike_skip", (
-                f"grad_norm={gnorm:.1f} > {self.cfg.spike_threshold:g}x EMA {ema:.3f}: skipping step {step} "
-                f"({n} spike skips)"
+            kind, text = (
+                "spike_skip",
+                (
+                    f"grad_norm={gnorm:.1f} > {self.cfg.spike_threshold:g}x EMA {ema:.3f}: "
+                    f"skipping step {step} ({n} spike skips)"
+                ),
             )
-            data = {"gradNorm": gnorm, "spikeThreshold": self.cfg.spike_threshold, "gradNormEma": ema, "spikeSkips": n}
+            data = {
+                "gradNorm": gnorm,
+                "spikeThreshold": self.cfg.spike_threshold,
+                "gradNormEma": ema,
+                "spikeSkips": n,
+            }
         else:
             kind = "loss_nan" if not math.isfinite(loss) else "grad_norm_nan"
             what = "loss" if kind == "loss_nan" else "grad_norm"
@@ -391,7 +409,9 @@ class Trainer:
         if math.isfinite(val_loss) and (self.best_val_loss is None or val_loss < self.best_val_loss):
             self.best_val_loss = val_loss
         self.eval_history.append((self.step, train_loss, val_loss))
-        self.bus.emit(Eval(step=self.step, train_loss=train_loss, val_loss=val_loss, eval_windows=len(self.val_windows)))
+        self.bus.emit(
+            Eval(step=self.step, train_loss=train_loss, val_loss=val_loss, eval_windows=len(self.val_windows))
+        )
 
     # ------------------------------------------------------------------ eval and samples
     @torch.no_grad()
@@ -484,7 +504,9 @@ class Trainer:
         write_atomic(tensors, meta, path)
         self.last_checkpoint = path
         self.retention.add(path, val)
-        self.bus.emit(CheckpointSaved(step=self.step, path=str(path), val_loss=val, is_best=self.retention.best == path))
+        self.bus.emit(
+            CheckpointSaved(step=self.step, path=str(path), val_loss=val, is_best=self.retention.best == path)
+        )
         return path
 
     def load_state(self, ckpt: Checkpoint) -> None:
@@ -512,7 +534,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ end
     def _finish(self, status: str, reason: str, elapsed: float) -> RunEnd:
-        tokens_per_sec = self._steps_timed * self.tokens_per_step / self._step_seconds if self._step_seconds else 0.0
+        tokens_per_sec = (
+            self._steps_timed * self.tokens_per_step / self._step_seconds if self._step_seconds else 0.0
+        )
         c = self.host_counters
         end = RunEnd(
             step=self.step,
