@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import health_streams as hs
 import pytest
 
 from alpha.cli import main
+from tests.health import health_streams as hs
 
 
 def diagnose(capsys: pytest.CaptureFixture[str], path: Path, *flags: str) -> tuple[int, dict]:

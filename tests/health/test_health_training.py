@@ -10,53 +10,45 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from tests.conftest import REPO, run_alpha, tiny_train_args
 
-TINY = ["--domain", "chat", "--tokenizer", "char", "--batch", "4", "--block", "32", "--dim", "32",
-        "--heads", "2", "--layers", "2", "--sample-interval", "0", "--backend", "cpu"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    root = tmp_path_factory.mktemp("health_train")
-    # one thread: a dim-32 model gains nothing from more, and loses a lot on a shared machine
-    env = {**os.environ, "ALPHA_CACHE_DIR": str(root / "cache"), "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "alpha", "data", "synth", "--conversations", "300", "--out", "chat.txt"],
-        cwd=root, env=env, check=True, capture_output=True,
-    )  # fmt: skip
-    return root, env
+# one thread: a dim-32 model gains nothing from more, and loses a lot on a busy 2-core machine
+ENV = {"OMP_NUM_THREADS": "1"}
+NO_SAMPLES = ["--sample-interval", "0"]
 
 
-def alpha(root: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "alpha", *args], cwd=root, env=env, capture_output=True, text=True
-    )
+def diagnose(path: Path) -> subprocess.CompletedProcess[str]:
+    return run_alpha("diagnose", str(path))
 
 
-def test_killed_training_is_diagnosed_as_a_crash(workdir):
-    root, env = workdir
-    run = root / "runs" / "killed"
-    train = subprocess.Popen(
-        [sys.executable, "-m", "alpha", "train", "--data", "chat.txt", "--iters", "100000", "--eval-interval",
-         "50", "--run-dir", str(run), *TINY],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+def diagnose_json(path: Path) -> dict:
+    proc = run_alpha("diagnose", str(path), "--json")
+    return {f["check"]: f for f in json.loads(proc.stdout)["findings"]}
+
+
+def test_killed_training_is_diagnosed_as_a_crash(chat_file, tmp_path):
+    run = tmp_path / "runs" / "killed"
+    args = tiny_train_args(chat_file, run, "--iters", "100000", "--eval-interval", "50", *NO_SAMPLES)
+    env = {**os.environ, "PYTHONPATH": str(REPO), **ENV}
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "w") as err:
+        train = subprocess.Popen(
+            [sys.executable, "-m", "alpha", *args], env=env, stdout=subprocess.DEVNULL, stderr=err
+        )
     try:
         metrics = run / "metrics.jsonl"
         deadline = time.monotonic() + 180
         while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 30):
-            assert train.poll() is None, train.stderr.read().decode() if train.stderr else ""
+            assert train.poll() is None, stderr.read_text()[-2000:]
             assert time.monotonic() < deadline, "training produced no metrics"
             time.sleep(0.2)
-        live = alpha(root, env, "diagnose", str(run), "--json")
-        crash = {f["check"]: f for f in json.loads(live.stdout)["findings"]}["crash"]
+        crash = diagnose_json(run)["crash"]
         assert crash["status"] == "ok" and "still running" in crash["summary"]
     finally:
         train.kill()
         train.wait()
 
-    proc = alpha(root, env, "diagnose", str(run))
+    proc = diagnose(run)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("UNHEALTHY: crash")
@@ -65,13 +57,10 @@ def test_killed_training_is_diagnosed_as_a_crash(workdir):
     assert "advice:" in proc.stdout
 
 
-def test_absurd_learning_rate_trips_the_watchdog_which_stops_the_run(workdir):
-    root, env = workdir
-    run = root / "runs" / "absurd"
-    proc = alpha(
-        root, env, "train", "--data", "chat.txt", "--iters", "2000", "--lr", "1e4", "--warmup", "0",
-        "--eval-interval", "40", "--log-every", "10", "--run-dir", str(run), "--on-unhealthy", "stop", *TINY,
-    )  # fmt: skip
+def test_absurd_learning_rate_trips_the_watchdog_which_stops_the_run(chat_file, tmp_path):
+    run = tmp_path / "runs" / "absurd"
+    args = ["--iters", "2000", "--lr", "1e4", "--warmup", "0", "--eval-interval", "40", *NO_SAMPLES]
+    proc = run_alpha(*tiny_train_args(chat_file, run, *args, "--on-unhealthy", "stop"), env=ENV)
     assert proc.returncode == 3, proc.stderr[-2000:]
     final = proc.stderr.strip().splitlines()[-1]
     assert final.startswith("stopped by the watchdog (--on-unhealthy stop, exit 3): gradient instability:")
@@ -87,8 +76,7 @@ def test_absurd_learning_rate_trips_the_watchdog_which_stops_the_run(workdir):
     assert f"checkpoint-{stopped_at}.safetensors" in final
     assert "── training stopped: unhealthy ──" in proc.stdout
 
-    report = alpha(root, env, "diagnose", str(run), "--json")
-    assert report.returncode == 1
-    findings = {f["check"]: f for f in json.loads(report.stdout)["findings"]}
+    assert diagnose(run).returncode == 1
+    findings = diagnose_json(run)
     assert findings["instability"]["status"] == "fired"
     assert findings["crash"]["status"] == "ok" and "stopped by the watchdog" in findings["crash"]["summary"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 
-import health_streams as hs
 import pytest
 
 from alpha.cli import main
@@ -14,6 +13,7 @@ from alpha.errors import EXIT_UNHEALTHY
 from alpha.events import Alert, Event, EventBus
 from alpha.health.watchdog import Watchdog
 from alpha.sinks.jsonl import EventsSink
+from tests.health import health_streams as hs
 
 
 class Recorder:
