@@ -133,7 +133,10 @@ def linear_fit(xs: list[int] | list[float], ys: list[float]) -> tuple[float, flo
 def check_crash(h: RunHistory, t: Thresholds) -> Finding:
     """The run died: a traceback or a non-zero exit in the log, or no end event and no live process."""
     end = h.ending
-    at = f"step {h.last_step}/{h.total_iters}" if h.total_iters else f"step {h.last_step}"
+    if h.last_step is None:
+        at = "before its first step"
+    else:
+        at = f"at step {h.last_step}" + (f"/{h.total_iters}" if h.total_iters else "")
     if end.traceback:
         return _finding(
             "crash",
@@ -175,7 +178,11 @@ def check_crash(h: RunHistory, t: Thresholds) -> Finding:
         )
     if end.process == "running":
         return _finding(
-            "crash", OK, f"still running (pid {end.pid}), last step {at}", pid=end.pid, last_step=h.last_step
+            "crash",
+            OK,
+            f"still running (pid {end.pid}), {at}",
+            pid=end.pid,
+            last_step=h.last_step,
         )
     if end.process == "elsewhere":
         return _finding(
@@ -191,7 +198,7 @@ def check_crash(h: RunHistory, t: Thresholds) -> Finding:
         return _finding(
             "crash",
             NOT_ENOUGH_DATA,
-            f"no end recorded at {at}, and without events.jsonl and train.pid a run still going "
+            f"no end recorded ({at}); without events.jsonl and train.pid a run still going "
             "cannot be told from a killed one",
             last_step=h.last_step,
         )
@@ -199,7 +206,7 @@ def check_crash(h: RunHistory, t: Thresholds) -> Finding:
     return _finding(
         "crash",
         FIRED,
-        f"the run stopped at {at} without a training_complete event{why}",
+        f"the run stopped {at} without a training_complete event{why}",
         last_step=h.last_step,
         total_iters=h.total_iters,
         pid=end.pid,

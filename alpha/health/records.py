@@ -18,6 +18,7 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -147,22 +148,40 @@ def read_pid(path: Path, history: RunHistory) -> None:
     if host and host != socket.gethostname():
         end.process = "elsewhere"
     else:
-        end.process = "running" if process_alive(pid) else "dead"
+        end.process = "running" if process_alive(pid, _epoch(data.get("started"))) else "dead"
 
 
-def process_alive(pid: int) -> bool:
-    """True when ``pid`` is a live (not zombie) process on this host."""
+def process_alive(pid: int, started: float | None = None) -> bool:
+    """True when ``pid`` is a live (not zombie) process on this host that began no later than
+    ``started`` (epoch seconds): a process that began afterwards reuses the pid of a dead one."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:  # a killed child not yet reaped by its parent is a zombie: dead for our purpose
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":  # killed, not yet reaped by its parent
+            return False
+        if started is not None:
+            stat = Path("/proc/stat").read_text().splitlines()
+            boot = next(float(line.split()[1]) for line in stat if line.startswith("btime"))
+            began = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+            return began <= started + 1.0
+    except (OSError, IndexError, ValueError, StopIteration):
+        pass  # no /proc (macOS): trust kill(pid, 0)
+    return True
+
+
+def _epoch(iso: object) -> float | None:
+    """Epoch seconds of train.pid's ISO ``started`` (``2026-03-04T15:57:01.123Z``), if readable."""
+    if not isinstance(iso, str):
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def read_log(path: Path, history: RunHistory, steps: bool = True, ending: bool = True) -> bool:

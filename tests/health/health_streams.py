@@ -22,7 +22,7 @@ class Stream:
     events: list[dict[str, Any]] = field(default_factory=list)
     completed: bool = True
 
-    def write(self, run_dir: Path, pid: int | None = None) -> Path:
+    def write(self, run_dir: Path, pid: int | None = None, started: str | None = None) -> Path:
         """Write metrics.jsonl, events.jsonl (and train.pid) as the trainer's sinks would."""
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / "metrics.jsonl", "w") as f:
@@ -32,7 +32,8 @@ class Stream:
             for e in self.all_events():
                 f.write(json.dumps(e) + "\n")
         if pid is not None:
-            (run_dir / "train.pid").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+            info = {"pid": pid, "host": socket.gethostname(), "started": started}
+            (run_dir / "train.pid").write_text(json.dumps(info))
         return run_dir
 
     def all_events(self) -> list[dict[str, Any]]:

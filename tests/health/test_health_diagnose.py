@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,15 +129,15 @@ def test_run_without_end_event_and_dead_pid_is_a_crash(capsys, tmp_path):
     assert fired(doc) == {"crash"} and rc == 1
     assert "without a training_complete event" in doc["by_check"]["crash"]["summary"]
     # the same records while train.pid names a live process: still running, not a crash
-    rc, doc = diagnose(capsys, stream.write(tmp_path / "live", pid=_live_pid()))
+    rc, doc = diagnose(capsys, stream.write(tmp_path / "live", pid=os.getpid()))
     assert doc["by_check"]["crash"]["status"] == "ok"
     assert "still running" in doc["by_check"]["crash"]["summary"]
-
-
-def _live_pid() -> int:
-    import os
-
-    return os.getpid()
+    # ... unless that live process began after the trainer wrote train.pid: the pid was reused
+    rc, doc = diagnose(
+        capsys, stream.write(tmp_path / "reused", pid=os.getpid(), started="2000-01-01T00:00:00.000Z")
+    )
+    assert fired(doc) == {"crash"}
+    assert f"dead pid {os.getpid()}" in doc["by_check"]["crash"]["summary"]
 
 
 def test_resumed_run_replaces_the_lost_tail(capsys, tmp_path):
