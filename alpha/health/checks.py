@@ -141,7 +141,7 @@ def check_crash(h: RunHistory, t: Thresholds) -> Finding:
         return _finding(
             "crash",
             FIRED,
-            f"the log holds a traceback: {end.traceback[-1].strip()}",
+            f"the run died with an exception: {end.traceback[-1].strip()}",
             traceback=end.traceback,
             last_step=h.last_step,
         )

@@ -195,6 +195,7 @@ def read_log(path: Path, history: RunHistory, steps: bool = True, ending: bool =
     traceback: list[str] = []
     block = ""  # "raw": a Python traceback; "indented": the trainer's "  [exception]" notice
     alarm_step = 0  # CUSUM notices carry no step: count them after the last step line
+    log_step = traceback_step = 0  # a traceback followed by more steps was survived, not fatal
     with open(path, encoding="utf-8", errors="replace") as f:
         for raw in f:
             line = raw.rstrip("\n")
@@ -210,15 +211,18 @@ def read_log(path: Path, history: RunHistory, steps: bool = True, ending: bool =
                 block = ""
             if line.startswith("Traceback (most recent call last)"):
                 block, traceback, recognised = "raw", [line], True
+                traceback_step = log_step
             elif line.startswith("step "):
                 m = STEP_LINE.match(line)
                 if m:
                     recognised = True
+                    log_step = int(m.group(1))
                     if steps:
                         _fold_step_line(m, history)
                         alarm_step = history.last_step or 0
             elif line.startswith("  [exception]"):
                 block, traceback, recognised = "indented", [], True
+                traceback_step = log_step
             elif line.startswith("  ["):
                 if steps:
                     alarm_step = _fold_notice(line, history, alarm_step)
@@ -232,7 +236,7 @@ def read_log(path: Path, history: RunHistory, steps: bool = True, ending: bool =
                     end.end_step = history.last_step
                     recognised = True
                 elif "alpha training" in line:  # a run (or a resumed run) starts in this log
-                    end.exit_code, traceback = None, []
+                    end.exit_code, traceback, log_step = None, [], 0
                     if ending:
                         end.status, end.reason = None, ""
                     recognised = True
@@ -242,7 +246,7 @@ def read_log(path: Path, history: RunHistory, steps: bool = True, ending: bool =
                 m = EXIT_LINE.search(line)
                 if m:
                     end.exit_code, end.exit_line = int(m.group(1)), line
-    if traceback:
+    if traceback and log_step <= traceback_step:
         end.traceback = traceback[-TRACEBACK_TAIL:]
     if end.status is not None:
         end.observable = True  # (a log without an end line may belong to a run still going)

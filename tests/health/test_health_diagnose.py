@@ -192,6 +192,16 @@ def test_reference_log_with_spike_notices(capsys, tmp_path):
     assert rc == 0 and doc["by_check"]["instability"]["evidence"]["bad_pct"] == 10.0
 
 
+def test_traceback_followed_by_more_steps_was_survived(capsys, tmp_path):
+    log = tmp_path / "train_x.log"
+    tb = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\nValueError: sample failed\n'
+    log.write_text(
+        _reference_log(200, spike_every=1000) + tb + _reference_log(400, spike_every=1000)[len(LOG_HEAD) :]
+    )
+    rc, doc = diagnose(capsys, log)
+    assert doc["by_check"]["crash"]["status"] == "not_enough_data"  # no end line, but no death either
+
+
 def test_log_with_traceback_is_a_crash_and_shows_its_last_lines(capsys, tmp_path):
     log = tmp_path / "train_x.log"
     log.write_text(
@@ -204,7 +214,7 @@ def test_log_with_traceback_is_a_crash_and_shows_its_last_lines(capsys, tmp_path
     out = capsys.readouterr().out
     assert rc == 1
     assert out.splitlines()[0] == "UNHEALTHY: crash"
-    assert "the log holds a traceback: torch.OutOfMemoryError: CUDA out of memory" in out
+    assert "the run died with an exception: torch.OutOfMemoryError: CUDA out of memory" in out
     assert "  | torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" in out
     assert "frame_9()" in out and "frame_0()" not in out  # the last lines, not the whole thing
     assert "advice:" in out and "--resume latest" in out
@@ -304,3 +314,45 @@ def test_logs_written_by_our_log_sink(capsys, tmp_path, stream, check):
     if check == "symbio_stagnation":  # alarms counted from notices, generations from their lines
         assert doc["by_check"][check]["evidence"]["alarm_pct"] == 100.0
         assert doc["by_check"][check]["evidence"]["generations"] == 15
+
+
+def test_failure_recorded_by_the_trainer_shows_the_traceback(capsys, tmp_path):
+    """The trainer's failure path (an ``exception`` alert, then RunEnd ``failed``) written by the
+    real sinks: the report shows the exception, from events.jsonl and from the log alike."""
+    import traceback
+
+    from alpha.events import Alert, RunEnd
+    from alpha.sinks.jsonl import EventsSink, MetricsSink
+    from alpha.sinks.logfile import LogFileSink
+
+    def step_that_fails() -> None:
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    try:
+        step_that_fails()
+    except RuntimeError as exc:
+        text = "".join(traceback.format_exception(exc)).rstrip()
+    run = tmp_path / "runs" / "failed"
+    run.mkdir(parents=True)
+    sinks = [LogFileSink(tmp_path / "runs" / "train_failed.log"), MetricsSink(run), EventsSink(run)]
+    events = hs.as_events(hs.healthy(steps=300))[:-1]
+    events += [
+        Alert(step=300, kind="exception", level="error", text=text),
+        RunEnd(step=300, status="failed", reason="RuntimeError: CUDA error", iters=1000, elapsed_s=1.0,
+               tokens_per_sec=1.0),
+    ]  # fmt: skip
+    for event in events:
+        for sink in sinks:
+            sink.handle(event)
+    for sink in sinks:
+        sink.close()
+
+    alone = tmp_path / "train_copied.log"  # a log without its run directory: read as a log
+    alone.write_text((tmp_path / "runs" / "train_failed.log").read_text())
+    for path in (run, tmp_path / "runs" / "train_failed.log", alone):
+        rc = main(["diagnose", str(path)])
+        out = capsys.readouterr().out
+        assert rc == 1 and out.startswith("UNHEALTHY: crash")
+        assert "the run died with an exception: RuntimeError: CUDA error: an illegal memory access" in out
+        assert "  | RuntimeError: CUDA error: an illegal memory access was encountered" in out
+        assert "step_that_fails" in out
