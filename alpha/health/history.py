@@ -151,8 +151,10 @@ class RunHistory:
             lines = str(record.get("message") or "").rstrip().splitlines()
             self.ending.traceback = lines[-TRACEBACK_TAIL:]
         elif kind == "eval_summary":
+            # metrics.jsonl carries the same evals as valLoss fields (and is read first); an eval
+            # event only adds what they lack, never rewinds them
             val = finite(payload.get("valLoss"))
-            if val is not None:
+            if val is not None and (not self.eval_steps or step > self.eval_steps[-1]):
                 self.add_eval(step, val)
         elif kind == "symbio_generation":
             self.add_generation(step, payload)
@@ -170,8 +172,8 @@ class RunHistory:
     def add_eval(self, step: int, val: float) -> None:
         if self.eval_steps and step <= self.eval_steps[-1]:
             if step == self.eval_steps[-1]:
-                return  # the same eval seen as a step field and as an event
-            self._truncate_evals(step)
+                return  # the same eval seen twice
+            self._truncate_evals(step)  # a resumed run re-evaluates from an earlier step
         self.eval_steps.append(step)
         self.eval_vals.append(val)
         prev = self.eval_prefix_min[-1] if self.eval_prefix_min else math.inf

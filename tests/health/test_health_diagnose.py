@@ -356,3 +356,12 @@ def test_failure_recorded_by_the_trainer_shows_the_traceback(capsys, tmp_path):
         assert "the run died with an exception: RuntimeError: CUDA error: an illegal memory access" in out
         assert "  | RuntimeError: CUDA error: an illegal memory access was encountered" in out
         assert "step_that_fails" in out
+
+
+def test_evals_only_in_events_still_count(capsys, tmp_path):
+    stream = hs.overfitting()
+    for record in stream.records:  # as if the step records lacked valLoss: events alone carry evals
+        record.pop("valLoss", None)
+    rc, doc = diagnose(capsys, stream.write(tmp_path / "run"))
+    assert fired(doc) == {"overfitting"}
+    assert doc["by_check"]["overfitting"]["evidence"]["window"] == [3750, 5000]
