@@ -345,6 +345,8 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
     device = resolve_device(cfg, local_rank)
     if cfg.compile is None:
         cfg.compile = device.type == "cuda"
+    if cfg.cuda_graphs is None:
+        cfg.cuda_graphs = device.type == "cuda" and cfg.compile
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
