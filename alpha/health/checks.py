@@ -165,7 +165,7 @@ def check_crash(h: RunHistory, t: Thresholds) -> Finding:
     if end.status is not None:
         what = {
             "completed": "completed",
-            "interrupted": "was interrupted (checkpoint saved)",
+            "interrupted": "was interrupted",
             "unhealthy": "was stopped by the watchdog",
         }.get(end.status, end.status)
         summary = f"the run {what} at step {end.end_step}"
