@@ -456,3 +456,33 @@ def test_live_stream_sends_snapshot_then_ingest(server, http: httpx.Client) -> N
     name, data = seen[-1]
     assert name == "metrics" and data["runId"] == run_id and data["metrics"][0]["step"] == 3
     assert data["metrics"][0]["gradNorm"] == pytest.approx(0.846)
+
+
+def test_long_runs_are_downsampled_keeping_spikes_evals_and_the_newest_steps(http: httpx.Client) -> None:
+    run_id = new_run()
+    records = []
+    for s in range(1, 6001):
+        loss = 9.0 if s == 1234 else 5.0 - s / 10_000
+        record = {
+            "step": s,
+            "loss": loss,
+            "lr": 1e-3,
+            "gradNorm": 1.0,
+            "elapsed_ms": 5,
+            "tokens_per_sec": 100,
+        }
+        if s % 500 == 0:
+            record["valLoss"] = 4.0
+        records.append(record)
+    for i in range(0, len(records), 2000):
+        ingest(http, {"type": "metrics", "runId": run_id, "metrics": records[i : i + 2000]})
+    series = http.get(f"/api/runs/{run_id}/metrics", params={"max_points": 500}).json()
+    steps = [r["step"] for r in series["rows"]]
+    assert series["total"] == 6000 and series["downsampled"] is True
+    assert len(steps) <= 600 and steps == sorted(set(steps))
+    assert steps[-100:] == list(range(5901, 6001))  # the newest steps at full resolution
+    assert 1234 in steps  # the loss spike survives
+    assert {s for s in range(500, 6001, 500)} <= set(steps)  # every eval point
+    assert (
+        http.get(f"/api/runs/{run_id}/metrics", params={"max_points": 10_000}).json()["downsampled"] is False
+    )
