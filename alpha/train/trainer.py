@@ -151,20 +151,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _bind_flat_gradients(self) -> None:
-        """Every gradient is a view into one flat buffer whose last slot holds the step's loss.
-
-        Backward accumulates into the views, one kernel zeroes them all, the norm is one reduction,
-        and data-parallel training reduces gradients and loss with a single all-reduce, which (unlike
-        DDP's autograd hooks) can be captured in a CUDA graph with the rest of the step.
+        """With several processes, every gradient is a view into one flat buffer whose last slot
+        holds the step's loss: gradients and loss are averaged over ranks by a single all-reduce,
+        which (unlike DDP's autograd hooks) can be captured in a CUDA graph with the rest of the
+        step. One process needs no buffer: autograd's own gradients avoid an accumulate pass.
         """
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        total = sum(p.numel() for p in params)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.reduce_buffer: torch.Tensor | None = None
+        if self.ctx.world_size == 1:
+            return
+        total = sum(p.numel() for p in self.params)
         self.reduce_buffer = torch.zeros(total + 1, device=self.device, dtype=torch.float32)
         offset = 0
-        for p in params:
+        for p in self.params:
             p.grad = self.reduce_buffer[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
-        self.flat_grads = self.reduce_buffer[:-1]
 
     def _init_guards(self) -> None:
         f32 = {"device": self.device, "dtype": torch.float32}
@@ -200,7 +201,12 @@ class Trainer:
     def _step_body(self, tokens: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """One optimizer step on device-resident tokens (K, B, T + 1); no host synchronisation."""
         cfg, g, k = self.cfg, self.guards, tokens.shape[0]
-        self.reduce_buffer.zero_()
+        buffer = self.reduce_buffer
+        if buffer is not None:
+            buffer.zero_()
+        else:
+            for p in self.params:
+                p.grad = None
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
             x, y = tokens[micro, :, :-1], tokens[micro, :, 1:]
@@ -208,12 +214,18 @@ class Trainer:
                 loss = self.forward_model(x, y)
             (loss * (g["loss_scale"] / k)).backward()
             loss_sum += loss.detach().float()
-        self.reduce_buffer[-1:].copy_(loss_sum.reshape(1) / k)
-        if self.ctx.world_size > 1:  # gradients and loss averaged over ranks in one collective
-            torch.distributed.all_reduce(self.reduce_buffer)
-            self.reduce_buffer.div_(self.ctx.world_size)
-        loss_mean = self.reduce_buffer[-1]
-        grad_norm = torch.linalg.vector_norm(self.flat_grads) / g["loss_scale"]
+        if buffer is not None:  # gradients and loss averaged over ranks in one collective
+            buffer[-1:].copy_(loss_sum.reshape(1) / k)
+            torch.distributed.all_reduce(buffer)
+            buffer.div_(self.ctx.world_size)
+            loss_mean = buffer[-1]
+            grad_norm = torch.linalg.vector_norm(buffer[:-1])
+        else:
+            loss_mean = loss_sum / k
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm([p.grad for p in self.params]))
+            )
+        grad_norm = grad_norm / g["loss_scale"]
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_mean)
         if cfg.spike_threshold > 0:
             trusted = g["accepted"] >= SPIKE_WARMUP_STEPS
