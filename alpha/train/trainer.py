@@ -16,6 +16,7 @@ It exposes the primitives that the symbiogenesis search drives: ``snapshot``/``r
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, EventBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
+from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
     Checkpoint,
@@ -141,6 +143,8 @@ class Trainer:
         self.retention = Retention(ctx.run_dir, cfg.keep_checkpoints)
         self._pending: list[_PendingStep] = []
         self._mark = time.perf_counter()
+        self._warm: tuple[float, int] | None = None  # (time, step) after the first interval
+        self.background = BackgroundWorker()
         self._step_seconds = 0.0
         self._steps_timed = 0
         self._last_loss: float | None = None
@@ -329,6 +333,7 @@ class Trainer:
             self._flush(evaluate=eval_due)
         if sample_due and self.ctx.is_main:
             self.sample()
+        self.background.poll()
         if ckpt_due:
             self.save_checkpoint()
 
@@ -355,6 +360,8 @@ class Trainer:
         if val_loss is not None:
             self._record_eval(val_loss)
         self._mark = time.perf_counter()
+        if self._warm is None:  # the first interval carries compilation and graph capture
+            self._warm = (self._mark, self.step)
 
     def _emit_step(
         self,
@@ -443,23 +450,46 @@ class Trainer:
         self.model.train()
         return float(total) / len(self.val_windows)
 
-    def sample(self) -> list[dict[str, str]]:
-        prompts = self.domain.prompts[: self.cfg.sample_prompts]
+    def sample(self) -> None:
+        """Generate from the domain prompts. On CUDA this runs on a worker thread and side stream
+        with a copy of the weights, so training continues meanwhile; the Samples event (labelled
+        with the step it was taken at) is emitted at a later log boundary."""
+        step, trend = self.step, summarize_trend(self.eval_history)
+        prompts = [self.domain.format_prompt(p) for p in self.domain.prompts[: self.cfg.sample_prompts]]
+        if self.device.type != "cuda":
+            self._emit_samples(step, trend, self._generate(self.model, prompts, step))
+            return
+        sampler = copy.deepcopy(self.model).eval()  # weights and the current activation
+        for p in sampler.parameters():
+            p.grad = None
+        ready = torch.cuda.Event()
+        ready.record()
+
+        def job() -> list[dict[str, str]]:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_event(ready)
+            with torch.cuda.stream(stream):
+                return self._generate(sampler, prompts, step)
+
+        self.background.submit(job, lambda samples: self._emit_samples(step, trend, samples))
+
+    def _generate(self, model: GPT, prompts: list[str], step: int) -> list[dict[str, str]]:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        gen.manual_seed(self.cfg.seed * 1_000_003 + step)
         samples = []
-        for prompt in prompts:
-            text = self.domain.format_prompt(prompt)
+        for text in prompts:
             ids = generate(
-                self.model,
+                model,
                 self.tokenizer.encode(text),
                 self.cfg.sample_tokens,
                 stop_id=self.tokenizer.eot_id,
                 generator=gen,
             )
             samples.append({"prompt": text, "output": self.tokenizer.decode(ids)})
-        self.bus.emit(Samples(step=self.step, samples=samples, trend=summarize_trend(self.eval_history)))
         return samples
+
+    def _emit_samples(self, step: int, trend: dict[str, Any] | None, samples: list[dict[str, str]]) -> None:
+        self.bus.emit(Samples(step=step, samples=samples, trend=trend))
 
     def set_activation(self, factory: Callable[[], nn.Module], key: object) -> None:
         """Give every block's MLP a new activation module (same shapes: no parameter changes).
@@ -513,6 +543,7 @@ class Trainer:
         return int(self.last_checkpoint.stem.split("-")[-1])
 
     def save_checkpoint(self) -> Path | None:
+        """Copy the state to host memory now and write it (temp file, fsync, rename) on the worker."""
         self._flush()
         if not self.ctx.is_main:
             return None
@@ -575,6 +606,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ end
     def _finish(self, status: str, reason: str, elapsed: float) -> RunEnd:
+        self.background.drain()
+        self.background.close()
+        loop_tps = 0.0
+        if self._warm is not None and self.step > self._warm[1]:
+            loop_tps = (
+                (self.step - self._warm[1]) * self.tokens_per_step / (time.perf_counter() - self._warm[0])
+            )
         tokens_per_sec = (
             self._steps_timed * self.tokens_per_step / self._step_seconds if self._step_seconds else 0.0
         )
@@ -586,6 +624,7 @@ class Trainer:
             iters=self.cfg.iters,
             elapsed_s=elapsed,
             tokens_per_sec=tokens_per_sec,
+            loop_tokens_per_sec=loop_tps,
             final_loss=self._last_loss,
             final_val_loss=self.last_val_loss,
             best_val_loss=self.best_val_loss,
