@@ -26,7 +26,7 @@ from alpha.cloud.shell import LaunchError, RemoteDir, Runner, SshTarget, last_li
 # rsync excludes, anchored at the project root ("/runs/" does not hide alpha/server/runs/).
 # Excluded paths on the host survive --delete: its datasets, runs, venv and secrets stay.
 SYNC_EXCLUDES = [
-    "/.git/",
+    "/.git",  # a directory, or a file in a git worktree
     "/.venv/",
     "/data/",
     "/runs/",
@@ -35,6 +35,7 @@ SYNC_EXCLUDES = [
     "/.secrets.env",
     "/.env*",
     "/shared/",
+    "/.cache/",
     "__pycache__/",
     "*.pyc",
     "*.egg-info/",
@@ -42,7 +43,7 @@ SYNC_EXCLUDES = [
     ".ruff_cache/",
     ".mypy_cache/",
 ]
-EXCLUDED_TOP = ("data", "runs", ".venv", ".git", "build", "dist", "shared")
+EXCLUDED_TOP = ("data", "runs", ".venv", ".git", "build", "dist", "shared", ".cache")
 
 
 class Provider(Protocol):
@@ -204,6 +205,7 @@ if [ -f {root}/alpha/cloud/remote.py ]; then cd {root} && exec {py} -m alpha.clo
             "--itemize-changes",
             "-e",
             target.rsync_shell(),
+            "--filter=:- .gitignore",  # what git ignores is not sent either
             *[f"--exclude={pattern}" for pattern in SYNC_EXCLUDES],
             f"{root}/",
             target.rsync_path(self.remote.rsync()) + "/",
@@ -287,7 +289,7 @@ if [ -f {root}/alpha/cloud/remote.py ]; then cd {root} && exec {py} -m alpha.clo
             train_args += ["--gpus", str(gpus)]  # alpha train starts torchrun itself
         print(f"training: {shlex.join([python, '-m', 'alpha', 'train', *train_args])}")
         result = self.runner.run(
-            target.ssh(self.helper("start", plan.run_id, "--python", python, "--", *train_args)),
+            target.ssh(self.helper("start", "--python", python, plan.run_id, "--", *train_args)),
             check=False,
             what="start training",
         )

@@ -338,6 +338,8 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.update(load_secrets())
     env["PYTHONUNBUFFERED"] = "1"
+    # Tokenizer and token caches stay inside the project folder, beside the data they come from.
+    env.setdefault("ALPHA_CACHE_DIR", str(Path(".cache").resolve()))
     with open(run_dir / "stdout.log", "ab") as out:
         child = subprocess.Popen(
             args.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env

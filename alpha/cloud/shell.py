@@ -100,10 +100,11 @@ class Runner:
         assert proc.stdout is not None
         try:
             yield from proc.stdout
-        finally:
-            if proc.poll() is None:
-                proc.terminate()
             proc.wait()
+        finally:
+            if proc.poll() is None:  # left early (Ctrl+C): end the ssh client
+                proc.terminate()
+                proc.wait()
             self.last_returncode = proc.returncode
 
 
