@@ -331,7 +331,7 @@ class GcpProvider:
                 self.start_instance(instance)
             instance = self.wait_for(instance.zone, ("RUNNING",))
             print(f"using {INSTANCE} in {instance.zone} ({instance.machine_type}, {instance.status})")
-        self.instance = instance
+        self.instance = instance  # from here on, a failure leaves a billing instance behind
         self.zone = instance.zone
         return self.ssh_target(instance)
 
@@ -343,6 +343,9 @@ class GcpProvider:
                 f"{INSTANCE} in {instance.zone} is {instance.status}: start it with --action start"
             )
         return self.ssh_target(instance, attempts_for=0.0 if quick else None)
+
+    def machine_up(self) -> bool:
+        return self.instance is not None and self.instance.status == "RUNNING"
 
     def is_running(self) -> bool:
         instance = self.instance or self.require_instance()
@@ -386,8 +389,7 @@ class GcpProvider:
                 return self._plain_target(user, instance.external_ip, instance.instance_id)
             if time.monotonic() >= deadline:
                 raise LaunchError(
-                    f"cannot reach {INSTANCE} over SSH: {last_line(result.stderr or result.stdout)}. "
-                    f"It is running and billing: stop it with --action stop"
+                    f"cannot reach {INSTANCE} over SSH: {last_line(result.stderr or result.stdout)}"
                 )
             time.sleep(POLL_SECONDS)
 

@@ -58,6 +58,7 @@ class Provider(Protocol):
     def bring_up(self) -> SshTarget: ...
     def connect(self, quick: bool = False) -> SshTarget: ...
     def is_running(self) -> bool: ...
+    def machine_up(self) -> bool: ...  # this launch started or found a billing machine
     def gpu_count(self) -> int | None: ...
     def target_flags(self) -> list[str]: ...
     def where(self) -> str: ...
@@ -143,9 +144,9 @@ class Launcher:
             print(f"# {line}" if self.runner.dry_run else line)
         for warning in plan.warnings:
             print(f"[warn] {warning}", file=sys.stderr)
-        target = self.provider.bring_up()
         started = False
         try:
+            target = self.provider.bring_up()
             self.check_host(target)
             self.sync_code(target)
             python, host_gpus = self.set_up(target)
@@ -155,7 +156,7 @@ class Launcher:
             self.start_training(target, plan, python, gpus)
             started = True
         except (LaunchError, KeyboardInterrupt) as exc:
-            if not started and self.provider.bills and not self.runner.dry_run:
+            if not started and self.provider.machine_up() and not self.runner.dry_run:
                 if self.args.stop_after:
                     reason = exc or "interrupted"
                     print(f"launch failed before training started ({reason}); --stop-after: stopping")

@@ -78,6 +78,9 @@ class SshProvider:
     def is_running(self) -> bool:
         return True
 
+    def machine_up(self) -> bool:
+        return False  # nothing of ours bills on an SSH host
+
     def gpu_count(self) -> int | None:
         return None  # the set-up reports what the host has
 

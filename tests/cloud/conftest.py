@@ -97,9 +97,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
         LogLevel ERROR
         """)
     )
-    proc = subprocess.Popen(
-        [SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=open(d / "sshd.log", "wb")
-    )
+    with open(d / "sshd.log", "wb") as log:
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log)
     known_hosts = d / "known_hosts"
     host_key = (d / "host_key.pub").read_text().split()
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
@@ -133,92 +132,6 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-
-
-FAKE_GCLOUD = r'''#!{python}
-"""A stand-in gcloud: records argv, keeps instances in a JSON file, answers like gcloud."""
-import json, os, sys
-
-STATE = os.environ["FAKE_GCLOUD_STATE"]
-argv = sys.argv[1:]
-with open(os.environ["FAKE_GCLOUD_CALLS"], "a") as f:
-    f.write(json.dumps(argv) + "\n")
-state = json.load(open(STATE)) if os.path.exists(STATE) else {{}}
-state.setdefault("project", "test-proj")
-state.setdefault("instances", {{}})
-state.setdefault("fail_create", {{}})
-
-def opt(name):
-    for a in argv:
-        if a.startswith("--" + name + "="):
-            return a.split("=", 1)[1]
-    return None
-
-def save():
-    json.dump(state, open(STATE, "w"))
-
-def as_json(zone, inst):
-    data = {{
-        "name": "alpha-train", "id": "4242", "status": inst["status"],
-        "zone": "https://www.googleapis.com/compute/v1/projects/p/zones/" + zone,
-        "machineType": "https://www.googleapis.com/compute/v1/projects/p/zones/" + zone
-        + "/machineTypes/" + inst["machineType"],
-        "networkInterfaces": [{{"accessConfigs": [{{"natIP": "127.0.0.1"}}]}}],
-    }}
-    if inst.get("accelerator"):
-        kind, count = inst["accelerator"]
-        data["guestAccelerators"] = [{{"acceleratorType": "projects/p/zones/" + zone + "/acceleratorTypes/" + kind,
-                                       "acceleratorCount": count}}]
-    return data
-
-def fail(message, code=1):
-    sys.stderr.write(message + "\n")
-    sys.exit(code)
-
-zone = opt("zone")
-head = argv[:3]
-if head == ["config", "get-value", "project"]:
-    if state["project"]:
-        print(state["project"])
-    else:
-        sys.stderr.write("(unset)\n")
-elif head == ["compute", "instances", "list"]:
-    print(json.dumps([as_json(z, i) for z, i in state["instances"].items()]))
-elif head == ["compute", "instances", "describe"]:
-    if zone not in state["instances"]:
-        fail("ERROR: (gcloud.compute.instances.describe) Could not fetch resource:\n - The resource "
-             "'projects/p/zones/%s/instances/alpha-train' was not found" % zone)
-    print(json.dumps(as_json(zone, state["instances"][zone])))
-elif head == ["compute", "instances", "create"]:
-    kind = state["fail_create"].get(zone)
-    if kind == "capacity":
-        fail("ERROR: (gcloud.compute.instances.create) Could not fetch resource:\n - [ZONE_RESOURCE_POOL_EXHAUSTED]"
-             " The zone 'projects/p/zones/%s' does not have enough resources available to fulfill the request."
-             "  Try a different zone, or try again later." % zone)
-    if kind == "quota":
-        fail("ERROR: (gcloud.compute.instances.create) Could not fetch resource:\n - Quota 'NVIDIA_L4_GPUS' "
-             "exceeded.  Limit: 0.0 in region %s." % zone.rsplit("-", 1)[0])
-    accel = None
-    for a in argv:
-        if a.startswith("--accelerator="):
-            fields = dict(kv.split("=") for kv in a.split("=", 1)[1].split(","))
-            accel = [fields["type"], int(fields["count"])]
-    state["instances"][zone] = {{"status": "RUNNING", "machineType": opt("machine-type"), "accelerator": accel}}
-    save()
-    print("Created [https://www.googleapis.com/compute/v1/projects/p/zones/%s/instances/alpha-train]." % zone)
-elif head[:2] == ["compute", "instances"] and head[2] in ("start", "stop", "resume", "delete"):
-    if zone not in state["instances"]:
-        fail("ERROR: (gcloud.compute.instances.%s) Could not fetch resource: not found" % head[2])
-    if head[2] == "delete":
-        del state["instances"][zone]
-    else:
-        state["instances"][zone]["status"] = "TERMINATED" if head[2] == "stop" else "RUNNING"
-    save()
-elif argv[:2] == ["compute", "ssh"]:
-    fail("ssh: connect to host 127.0.0.1 port 22: Connection refused", 255)
-else:
-    fail("fake gcloud: unexpected command %r" % argv, 2)
-'''
 
 
 @dataclass
@@ -255,6 +168,6 @@ def fake_gcloud(tmp_path: Path) -> FakeGcloud:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "gcloud"
-    exe.write_text(FAKE_GCLOUD.format(python=sys.executable))
+    exe.write_text(f'#!/bin/sh\nexec {sys.executable} {Path(__file__).parent / "fake_gcloud.py"} "$@"\n')
     exe.chmod(0o755)
     return FakeGcloud(bin_dir, tmp_path / "gcloud-state.json", tmp_path / "gcloud-calls.jsonl")

@@ -6,6 +6,7 @@ own interpreter (``--python``), so set-up does not reinstall torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -47,10 +48,8 @@ SECRETS = {
 
 
 def chat_lines(n: int) -> str:
-    return "".join(
-        f"<|user|> hi there number {i}, how are you <|assistant|> hello friend, I am fine {i} <|end_of_text|>\n"
-        for i in range(n)
-    )
+    line = "<|user|> hi there number {i}, how are you <|assistant|> hello, I am fine {i} <|end_of_text|>\n"
+    return "".join(line.format(i=i) for i in range(n))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +63,8 @@ def host(sshd, tmp_path_factory):
     # Training runs detached from everything: end any the tests left, by their recorded pid.
     for launch in (remote / "runs").glob("*/launch.json"):
         if not (launch.parent / "exit.json").exists():
-            try:
+            with contextlib.suppress(OSError, ValueError, KeyError):
                 os.killpg(json.loads(launch.read_text())["supervisor_pid"], signal.SIGKILL)
-            except (OSError, ValueError, KeyError):
-                pass
 
 
 def wait_for(predicate, timeout: float, what: str):
