@@ -20,6 +20,7 @@ it to the trainer (a checkpoint is saved before it exits); nothing is signalled 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -107,6 +108,13 @@ def supervisor_alive(run_id: str, info: dict) -> bool:
     return cmdline is not None and "alpha.cloud.remote" in cmdline and run_id in cmdline
 
 
+def trainer_alive(run_id: str, info: dict) -> bool:
+    """True when the trainer itself still runs (its command line names the run directory)."""
+    pid = info.get("pid")
+    cmdline = process_cmdline(pid) if isinstance(pid, int) else None
+    return cmdline is not None and f"runs/{run_id}" in cmdline
+
+
 def run_state(run_id: str) -> tuple[str, dict]:
     """('running' | 'ended' | 'crashed' | 'starting' | 'missing', details)."""
     run_dir = RUNS / run_id
@@ -116,7 +124,7 @@ def run_state(run_id: str) -> tuple[str, dict]:
     info = read_json(run_dir / "launch.json")
     if info is None:
         return ("starting", {}) if run_dir.is_dir() else ("missing", {})
-    if supervisor_alive(run_id, info):
+    if supervisor_alive(run_id, info) or trainer_alive(run_id, info):
         return "running", info
     return "crashed", info
 
@@ -489,12 +497,16 @@ def cmd_kill(args: argparse.Namespace) -> int:
     if args.force:
         # The whole process group: the supervisor is the session leader, so its group id is its
         # pid, and every process of the run (torchrun workers included) is in it.
-        os.killpg(supervisor, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(supervisor, signal.SIGKILL)
         write_json(RUNS / run_id / "exit.json", {"code": 137, "status": "killed", "ended": now_iso()})
         say(f"killed {run_id} (SIGKILL to process group {supervisor}): no checkpoint was saved now")
         mark("killed", run_id=run_id, code=137, checkpoints=checkpoints(run_id))
         return 0
-    os.kill(supervisor, signal.SIGTERM)  # forwarded to the trainer, which saves a checkpoint
+    if supervisor_alive(run_id, info):
+        os.kill(supervisor, signal.SIGTERM)  # forwarded to the trainer, which saves a checkpoint
+    else:  # the supervisor is gone (killed on its own): signal the verified trainer directly
+        os.kill(int(info["pid"]), signal.SIGTERM)
     say(f"sent SIGTERM to {run_id} (pid {info.get('pid')}); waiting for its checkpoint...")
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 """The whole pipeline against a real sshd on 127.0.0.1 (``--provider ssh``), with CPU training.
 
 The "host" is this machine reached over SSH, its project folder a temp dir, its Python the test's
-own interpreter (``--python``), so set-up does not reinstall torch.
+own interpreter (``--python``), so set-up does not reinstall torch. A local web server stands in
+for ``--data-url``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -19,27 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cloud.conftest import SCRIPT, launcher
+from tests.cloud.conftest import SCRIPT, free_port, launcher
 
-TINY = [
-    "--domain",
-    "chat",
-    "--vocab-size",
-    "300",
-    "--dim",
-    "32",
-    "--heads",
-    "2",
-    "--layers",
-    "2",
-    "--block",
-    "32",
-    "--batch",
-    "4",
-    "--sample-interval",
-    "0",
-    "--no-remote",
-]
+TINY = shlex.split(
+    "--domain chat --vocab-size 300 --dim 32 --heads 2 --layers 2 --block 32 --batch 4 "
+    "--sample-interval 0 --no-remote"
+)
+LONG = shlex.split("--iters 100000 --eval-interval 100000 --checkpoint-interval 100000 --run-id long")
 SECRETS = {
     "ALPHA_REMOTE_URL": "http://127.0.0.1:9/remote-url-7f3a",
     "ALPHA_REMOTE_SECRET": "secret-value-5c1e9d",
@@ -47,24 +36,9 @@ SECRETS = {
 }
 
 
-def chat_lines(n: int) -> str:
+def chat_lines(n: int, start: int = 0) -> str:
     line = "<|user|> hi there number {i}, how are you <|assistant|> hello, I am fine {i} <|end_of_text|>\n"
-    return "".join(line.format(i=i) for i in range(n))
-
-
-@pytest.fixture(scope="module")
-def host(sshd, tmp_path_factory):
-    work = tmp_path_factory.mktemp("launch")
-    remote, local = work / "remote", work / "local"
-    local.mkdir()
-    (local / "chat.txt").write_text(chat_lines(400), encoding="utf-8")
-    flags = [*sshd.flags, "--remote-dir", str(remote), "--python", sys.executable]
-    yield {"remote": remote, "local": local, "flags": flags}
-    # Training runs detached from everything: end any the tests left, by their recorded pid.
-    for launch in (remote / "runs").glob("*/launch.json"):
-        if not (launch.parent / "exit.json").exists():
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                os.killpg(json.loads(launch.read_text())["supervisor_pid"], signal.SIGKILL)
+    return "".join(line.format(i=i) for i in range(start, start + n))
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -75,6 +49,14 @@ def wait_for(predicate, timeout: float, what: str):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
 
 
 def alive(pid: int) -> bool:
@@ -91,76 +73,72 @@ def steps_done(run_dir: Path) -> int:
         return 0
 
 
-def test_short_run_is_followed_to_the_end_and_downloaded(host):
-    result = launcher(
-        "--data",
-        "chat.txt",
-        *TINY,
-        "--iters",
-        "3",
-        "--eval-interval",
-        "3",
-        "--run-id",
-        "short",
-        *host["flags"],
-        cwd=host["local"],
-        timeout=300,
+@pytest.fixture(scope="module")
+def host(sshd, tmp_path_factory):
+    work = tmp_path_factory.mktemp("launch")
+    remote, local = work / "remote", work / "local"
+    local.mkdir()
+    (local / "chat.txt").write_text(chat_lines(400), encoding="utf-8")
+    (local / "val.txt").write_text(chat_lines(60, start=1000), encoding="utf-8")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+        cwd=local,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    wait_for(lambda: port_open(port), 20, "the web server")
+    flags = [*sshd.flags, "--remote-dir", str(remote), "--python", sys.executable]
+    yield {"remote": remote, "local": local, "flags": flags, "url": f"http://127.0.0.1:{port}/chat.txt"}
+    server.terminate()
+    server.wait(timeout=10)
+    # Training runs detached from everything: end any the tests left, by their recorded pid.
+    for launch in (remote / "runs").glob("*/launch.json"):
+        if not (launch.parent / "exit.json").exists():
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                os.killpg(json.loads(launch.read_text())["supervisor_pid"], signal.SIGKILL)
+
+
+def test_short_run_is_followed_to_the_end_and_downloaded(host):
+    remote, local = host["remote"], host["local"]
+    args = ["--data-url", host["url"], *TINY, *shlex.split("--iters 3 --eval-interval 3 --run-id short")]
+    result = launcher(*args, *host["flags"], cwd=local, timeout=300)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "code synced" in out and "uploading" in out
+    assert "code synced" in out
+    assert (remote / "alpha" / "cloud" / "remote.py").is_file()
+    assert not (remote / ".git").exists() and not (remote / ".venv").exists()  # not synced
+    assert (remote / "data" / "chat.txt").read_bytes() == (local / "chat.txt").read_bytes()  # --data-url
     assert re.search(r"^step 3/3 ", out, re.M), out  # the trainer's own log, followed live
     assert "── short ended: exit 0 (completed) ──" in out
-    local_run = host["local"] / "runs" / "short"
+    local_run = local / "runs" / "short"  # downloaded when training ended
     assert (local_run / "metrics.jsonl").is_file() and list(local_run.glob("checkpoint-*"))
-    assert (host["local"] / "runs" / "train_short.log").is_file()
-    # The last lines say how to download, upload and (for a cloud instance) stop.
+    assert (local / "runs" / "train_short.log").is_file()
+    # The last lines say how to download and upload (an SSH host has no instance to stop).
     assert "--action download --run-id short" in out
     assert "alpha upload runs/short/checkpoint-3.safetensors" in out
-    remote = host["remote"]
-    assert (remote / "alpha" / "cloud" / "remote.py").is_file()  # the code was synced
-    assert not (remote / ".git").exists() and not (remote / ".venv").exists()
 
 
 def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
     remote, local, flags = host["remote"], host["local"], host["flags"]
     run_dir = remote / "runs" / "long"
     out_path = local / "launch.out"
+    args = [sys.executable, str(SCRIPT), "--data", "chat.txt", "--val-data", "val.txt", *TINY, *LONG, *flags]
     with out_path.open("w") as out:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                str(SCRIPT),
-                "--data",
-                "chat.txt",
-                *TINY,
-                "--iters",
-                "100000",
-                "--eval-interval",
-                "100000",
-                "--checkpoint-interval",
-                "100000",
-                "--run-id",
-                "long",
-                *flags,
-            ],
-            cwd=local,
-            env={**os.environ, **SECRETS},
-            stdout=out,
-            stderr=subprocess.STDOUT,
+            args, cwd=local, env={**os.environ, **SECRETS}, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
-        )
+        )  # fmt: skip
     try:
-        wait_for(
-            lambda: re.search(r"^step \d+/100000", out_path.read_text(), re.M), 240, "the first step line"
-        )
+        wait_for(lambda: re.search(r"^step \d+/100000", out_path.read_text(), re.M), 240, "a step line")
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl+C at the terminal
         assert proc.wait(timeout=30) == 130
     finally:
         if proc.poll() is None:
             proc.kill()
     launch_out = out_path.read_text()
-    assert "data/chat.txt: unchanged on the host" in launch_out  # same data as the short run
+    assert "data/chat.txt: unchanged on the host" in launch_out  # same sha256 as the short run's download
+    assert "uploading" in launch_out and (remote / "data" / "val.txt").is_file()
     assert "detached from long" in launch_out and "--action logs --follow --run-id long" in launch_out
     assert "--action kill --run-id long" in launch_out and "--action diagnose --run-id long" in launch_out
 
@@ -171,8 +149,7 @@ def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
     assert alive(info["pid"]) and os.getsid(info["pid"]) != os.getsid(0)
 
     # Secrets: a 0600 file on the host, in the trainer's environment, never in its argv or our output.
-    secrets_file = remote / ".secrets.env"
-    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((remote / ".secrets.env").stat().st_mode) == 0o600
     environ = Path(f"/proc/{info['pid']}/environ").read_bytes().decode()
     cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes().decode()
     for name, value in SECRETS.items():
@@ -192,11 +169,8 @@ def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
 
     follower = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--action", "logs", "--follow", *flags],
-        cwd=local,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+        cwd=local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     try:
         killed = launcher("--action", "kill", *flags, cwd=local)
         assert killed.returncode == 0, killed.stdout + killed.stderr
@@ -205,7 +179,7 @@ def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
     finally:
         if follower.poll() is None:
             follower.kill()
-    assert follower.returncode == 143, follow_out
+    assert follower.returncode == 143, follow_out  # the re-attached launcher ends with the run
     assert "── long ended: exit 143 (interrupted) ──" in follow_out
     assert "training interrupted" in follow_out  # the trainer's own last log lines
     checkpoints = list(run_dir.glob("checkpoint-*.safetensors"))
