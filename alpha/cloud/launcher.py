@@ -122,11 +122,12 @@ class Launcher:
             sys.stdout.flush()
         return self.runner.last_returncode, marks
 
-    def resolve_run(self, target: SshTarget) -> str:
-        if self.args.run_id:
+    def resolve_run(self, target: SshTarget, run: str | None = None) -> str:
+        """The run an action is about: --run-id, or the host's latest launch."""
+        if run is None and self.args.run_id:
             return self.args.run_id
         result = self.runner.run(
-            target.ssh(self.helper("resolve", "latest")), check=False, what="find the run"
+            target.ssh(self.helper("resolve", run or "latest")), check=False, what="find the run"
         )
         if self.runner.dry_run:
             return "RUN_ID"
@@ -285,9 +286,9 @@ if [ -f {root}/alpha/cloud/remote.py ]; then cd {root} && exec {py} -m alpha.clo
         )
 
     def start_training(self, target: SshTarget, plan: TrainPlan, python: str, gpus: int) -> None:
-        train_args = list(plan.train_args)
-        if gpus > 1:
-            train_args += ["--gpus", str(gpus)]  # alpha train starts torchrun itself
+        if plan.run_id == "latest":  # --resume latest: the host knows which run that is
+            plan.run_id = self.resolve_run(target, "latest")
+        train_args = plan.argv(gpus)
         print(f"training: {shlex.join([python, '-m', 'alpha', 'train', *train_args])}")
         result = self.runner.run(
             target.ssh(self.helper("start", "--python", python, plan.run_id, "--", *train_args)),

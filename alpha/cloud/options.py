@@ -16,7 +16,7 @@ import shlex
 import sys
 import urllib.parse
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from alpha.cloud import gcp
 from alpha.commands import train as train_command
@@ -194,13 +194,24 @@ class Upload:
 class TrainPlan:
     """Everything a training launch needs, decided and checked before anything is billed."""
 
-    run_id: str
-    train_args: list[str]  # `alpha train` arguments with host paths, without --gpus
+    run_id: str  # "latest" until resolved on the host, for --resume latest
+    train_args: list[str]  # `alpha train` arguments with host paths, without --run-dir and --gpus
     uploads: list[Upload] = field(default_factory=list)
     fetch: tuple[str, str] | None = None  # (url, remote path) for --data-url
     secrets: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)
+    resume: bool = False  # continue runs/<run_id> from its latest checkpoint
+
+    def argv(self, gpus: int) -> list[str]:
+        """The full `alpha train` arguments. The run directory is always runs/<run_id>, so the
+        trainer's log, runs/train_<run_id>.log, is the file the launcher follows."""
+        args = [*self.train_args, "--run-dir", f"runs/{self.run_id}"]
+        if self.resume:
+            args += ["--resume", f"runs/{self.run_id}"]
+        if gpus > 1:
+            args += ["--gpus", str(gpus)]  # alpha train starts torchrun itself
+        return args
 
 
 def safe_name(name: str) -> str:
@@ -258,37 +269,46 @@ def validate_train_args(train_args: list[str]) -> None:
     validate(model, train)
 
 
-def plan_training(
-    args: argparse.Namespace, code_root: Path, excluded_top: tuple[str, ...], environ: dict[str, str]
-) -> TrainPlan:
-    """Preflight: check the data, symbio config and model shape; decide paths and the run id."""
-    if args.run_dir is not None:
-        raise ConfigError("--run-dir is chosen by the launcher (runs/<run id>); name the run with --run-id")
-    if args.data is None and args.data_url is None:
-        raise ConfigError("--data FILE (uploaded) or --data-url URL (downloaded on the instance) is required")
-    uploads: list[Upload] = []
-    fetch = None
-    summary = []
+def resumed_run_id(resume: str) -> str:
+    """The run that ``--resume`` continues: ``latest``, ``runs/<id>`` or a checkpoint in it."""
+    if resume == "latest":
+        return "latest"
+    path = PurePosixPath(resume)
+    run_id = path.parent.name if path.suffix else path.name
+    if path.is_absolute() or not RUN_ID_PATTERN.fullmatch(run_id or "-"):
+        raise ConfigError(
+            f"--resume {resume!r}: give 'latest', runs/<run id> or a checkpoint in it (on the host)"
+        )
+    return run_id
+
+
+def plan_data(
+    args: argparse.Namespace, code_root: Path, excluded_top: tuple[str, ...], plan: TrainPlan
+) -> tuple[dict[str, list[str]], str | None]:
+    """Decide where each input file goes on the host; returns the replaced flags and the data name."""
+    replaced: dict[str, list[str]] = {}
+    data_remote = None
     if args.data_url:
         parsed = urllib.parse.urlparse(args.data_url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ConfigError(f"--data-url must be an http(s) URL (got {args.data_url!r})")
         name = safe_name(Path(args.data).name if args.data else Path(urllib.parse.unquote(parsed.path)).name)
         data_remote = f"data/{name}"
-        fetch = (args.data_url, data_remote)
-        summary.append(f"data: {args.data_url} -> {data_remote} (downloaded on the host)")
-    else:
+        plan.fetch = (args.data_url, data_remote)
+        plan.summary.append(f"data: {args.data_url} -> {data_remote} (downloaded on the host)")
+    elif args.data:
         local = find_local_file(args.data, code_root, "data file")
         data_remote = f"data/{safe_name(local.name)}"
-        uploads.append(Upload(local, data_remote, file_sha256(local)))
-        summary.append(f"data: {local} ({local.stat().st_size / 1e6:.1f} MB) -> {data_remote}")
-    replaced: dict[str, list[str]] = {"data": ["--data", data_remote]}
+        plan.uploads.append(Upload(local, data_remote, file_sha256(local)))
+        plan.summary.append(f"data: {local} ({local.stat().st_size / 1e6:.1f} MB) -> {data_remote}")
+    if data_remote:
+        replaced["data"] = ["--data", data_remote]
     if args.val_data:
         local = find_local_file(args.val_data, code_root, "validation file")
         remote = f"data/{safe_name(local.name)}"
         if remote == data_remote:
             raise ConfigError("--val-data must be a different file from --data")
-        uploads.append(Upload(local, remote, file_sha256(local)))
+        plan.uploads.append(Upload(local, remote, file_sha256(local)))
         replaced["val_data"] = ["--val-data", remote]
     if args.symbio_config:
         local = find_local_file(args.symbio_config, code_root, "symbio config")
@@ -296,35 +316,58 @@ def plan_training(
         remote = in_synced_tree(local, code_root, excluded_top)
         if remote is None:  # outside the synced tree: send it like a dataset
             remote = f"data/{safe_name(local.name)}"
-            uploads.append(Upload(local, remote, file_sha256(local)))
+            plan.uploads.append(Upload(local, remote, file_sha256(local)))
         replaced["symbio_config"] = ["--symbio-config", remote]
-        summary.append(f"symbio config: {local} -> {remote}")
+        plan.summary.append(f"symbio config: {local} -> {remote}")
+    return replaced, data_remote
 
-    run_id = args.run_id or new_run_id(Path(data_remote).name)
-    if not RUN_ID_PATTERN.fullmatch(run_id):
-        raise ConfigError(f"--run-id {run_id!r} may use only letters, digits, '.', '_' and '-'")
+
+def plan_training(
+    args: argparse.Namespace, code_root: Path, excluded_top: tuple[str, ...], environ: dict[str, str]
+) -> TrainPlan:
+    """Preflight: check the data, symbio config and model shape; decide paths and the run id."""
+    if args.run_dir is not None:
+        raise ConfigError("--run-dir is chosen by the launcher (runs/<run id>); name the run with --run-id")
+    if args.data is None and args.data_url is None and args.resume is None:
+        raise ConfigError("--data FILE (uploaded) or --data-url URL (downloaded on the instance) is required")
+    if args.resume is not None and args.run_id is not None:
+        raise ConfigError("--run-id cannot be combined with --resume: the resumed run keeps its own id")
+    if args.gpus is not None and args.gpus < 1:
+        raise ConfigError("--gpus must be >= 1")
+    plan = TrainPlan(run_id="", train_args=[], resume=args.resume is not None)
+    replaced, data_remote = plan_data(args, code_root, excluded_top, plan)
+    if args.resume is not None:
+        plan.run_id = resumed_run_id(args.resume)
+    else:
+        plan.run_id = args.run_id or new_run_id(Path(data_remote or "run").name)
+    if not RUN_ID_PATTERN.fullmatch(plan.run_id):
+        raise ConfigError(f"--run-id {plan.run_id!r} may use only letters, digits, '.', '_' and '-'")
     try:
         extra = shlex.split(args.extra_train_flags)
     except ValueError as exc:
         raise ConfigError(f"--extra-train-flags: {exc}") from None
-    skip = set(replaced) | {"run_dir", "gpus"}
-    train_args = [*forwarded_flags(args, skip)]
+    plan.train_args = forwarded_flags(args, set(replaced) | {"run_dir", "gpus", "resume"})
     for dest in ("data", "val_data", "symbio_config"):
-        train_args += replaced.get(dest, [])
-    train_args += [*extra, "--run-dir", f"runs/{run_id}"]
-    if args.gpus is not None and args.gpus < 1:
-        raise ConfigError("--gpus must be >= 1")
-    validate_train_args(train_args + (["--gpus", str(args.gpus)] if args.gpus else []))
+        plan.train_args += replaced.get(dest, [])
+    plan.train_args += extra
+    # alpha train's own parser and validation, on exactly what will run (a resumed run's data
+    # path comes from its checkpoint, so a stand-in path is checked then).
+    checked = plan.argv(args.gpus or 1)
+    if "data" not in replaced:
+        checked += ["--data", "data/(from the checkpoint)"]
+    validate_train_args(checked)
 
-    warnings = [
+    plan.warnings = [
         f"--{dest.replace('_', '-')} has no effect here: it set {what}"
         for dest, what in REFERENCE_ONLY_FLAGS.items()
         if getattr(args, dest, None)
     ]
-    secrets = {name: environ[name] for name in SECRET_NAMES if environ.get(name)}
-    summary.append(f"run id: {run_id}")
-    summary.append("secrets forwarded (values never shown): " + (", ".join(secrets) or "none"))
-    return TrainPlan(run_id, train_args, uploads, fetch, secrets, warnings, summary)
+    plan.secrets = {name: environ[name] for name in SECRET_NAMES if environ.get(name)}
+    plan.summary.append(
+        f"run id: {plan.run_id}" + (" (resumed from its latest checkpoint)" if plan.resume else "")
+    )
+    plan.summary.append("secrets forwarded (values never shown): " + (", ".join(plan.secrets) or "none"))
+    return plan
 
 
 def secrets_file_text(secrets: dict[str, str]) -> str:

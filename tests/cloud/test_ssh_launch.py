@@ -26,7 +26,7 @@ from tests.cloud.conftest import SCRIPT, free_port, launcher
 
 TINY = shlex.split(
     "--domain chat --vocab-size 300 --dim 32 --heads 2 --layers 2 --block 32 --batch 4 "
-    "--sample-interval 0 --no-remote"
+    "--sample-interval 0 --log-every 1 --no-remote"
 )
 LONG = shlex.split("--iters 100000 --eval-interval 100000 --checkpoint-interval 100000 --run-id long")
 SECRETS = {
@@ -99,31 +99,24 @@ def host(sshd, tmp_path_factory):
                 os.killpg(json.loads(launch.read_text())["supervisor_pid"], signal.SIGKILL)
 
 
-def test_short_run_is_followed_to_the_end_and_downloaded(host):
-    remote, local = host["remote"], host["local"]
-    args = ["--data-url", host["url"], *TINY, *shlex.split("--iters 3 --eval-interval 3 --run-id short")]
-    result = launcher(*args, *host["flags"], cwd=local, timeout=300)
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
-    assert "code synced" in out
-    assert (remote / "alpha" / "cloud" / "remote.py").is_file()
-    assert not (remote / ".git").exists() and not (remote / ".venv").exists()  # not synced
-    assert (remote / "data" / "chat.txt").read_bytes() == (local / "chat.txt").read_bytes()  # --data-url
-    assert re.search(r"^step 3/3 ", out, re.M), out  # the trainer's own log, followed live
-    assert "── short ended: exit 0 (completed) ──" in out
-    local_run = local / "runs" / "short"  # downloaded when training ended
-    assert (local_run / "metrics.jsonl").is_file() and list(local_run.glob("checkpoint-*"))
-    assert (local / "runs" / "train_short.log").is_file()
-    # The last lines say how to download and upload (an SSH host has no instance to stop).
-    assert "--action download --run-id short" in out
-    assert "alpha upload runs/short/checkpoint-3.safetensors" in out
-
-
-def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
+def test_launch_detach_logs_kill_download_resume(host):
     remote, local, flags = host["remote"], host["local"], host["flags"]
     run_dir = remote / "runs" / "long"
+
+    # 1. Launch; the dataset comes from --data-url (fetched on the host), the val file is uploaded.
+    #    Ctrl+C while following detaches: the launcher exits, training goes on.
     out_path = local / "launch.out"
-    args = [sys.executable, str(SCRIPT), "--data", "chat.txt", "--val-data", "val.txt", *TINY, *LONG, *flags]
+    args = [
+        sys.executable,
+        str(SCRIPT),
+        "--data-url",
+        host["url"],
+        "--val-data",
+        "val.txt",
+        *TINY,
+        *LONG,
+        *flags,
+    ]
     with out_path.open("w") as out:
         proc = subprocess.Popen(
             args, cwd=local, env={**os.environ, **SECRETS}, stdout=out, stderr=subprocess.STDOUT,
@@ -137,12 +130,14 @@ def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
         if proc.poll() is None:
             proc.kill()
     launch_out = out_path.read_text()
-    assert "data/chat.txt: unchanged on the host" in launch_out  # same sha256 as the short run's download
+    assert "code synced" in launch_out and (remote / "alpha" / "cloud" / "remote.py").is_file()
+    assert not (remote / ".git").exists() and not (remote / ".venv").exists()  # never synced
+    assert (remote / "data" / "chat.txt").read_bytes() == (local / "chat.txt").read_bytes()
     assert "uploading" in launch_out and (remote / "data" / "val.txt").is_file()
     assert "detached from long" in launch_out and "--action logs --follow --run-id long" in launch_out
     assert "--action kill --run-id long" in launch_out and "--action diagnose --run-id long" in launch_out
 
-    # Training goes on without the launcher, in its own session.
+    # 2. Training goes on without the launcher, in a session of its own.
     info = json.loads((run_dir / "launch.json").read_text())
     before = steps_done(run_dir)
     wait_for(lambda: steps_done(run_dir) > before, 120, "steps after the launcher died")
@@ -163,10 +158,10 @@ def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
     logs = launcher("--action", "logs", "--lines", "5", *flags, cwd=local)
     assert logs.returncode == 0, logs.stderr
     assert re.search(r"^step \d+/100000", logs.stdout, re.M) and "long is running" in logs.stdout
-
     status = launcher("--action", "status", *flags, cwd=local)
     assert status.returncode == 0 and re.search(r"^long\s+running", status.stdout, re.M), status.stdout
 
+    # 3. Re-attach, then kill: SIGTERM, the trainer saves a checkpoint; the follower sees the end.
     follower = subprocess.Popen(
         [sys.executable, str(SCRIPT), "--action", "logs", "--follow", *flags],
         cwd=local, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -179,15 +174,41 @@ def test_detached_run_survives_the_launcher_then_logs_kill_download(host):
     finally:
         if follower.poll() is None:
             follower.kill()
-    assert follower.returncode == 143, follow_out  # the re-attached launcher ends with the run
+    assert follower.returncode == 143, follow_out
     assert "── long ended: exit 143 (interrupted) ──" in follow_out
     assert "training interrupted" in follow_out  # the trainer's own last log lines
-    checkpoints = list(run_dir.glob("checkpoint-*.safetensors"))
+    checkpoints = sorted(run_dir.glob("checkpoint-*.safetensors"))
     assert checkpoints, "SIGTERM must leave a checkpoint"
     assert not alive(info["pid"])
+    killed_at = int(checkpoints[-1].stem.split("-")[1])
+    assert f"alpha upload runs/long/checkpoint-{killed_at}.safetensors" in follow_out
 
+    # 4. Download the run directory and its log.
     download = launcher("--action", "download", *flags, cwd=local)
     assert download.returncode == 0, download.stderr
     local_run = local / "runs" / "long"
     assert {p.name for p in checkpoints} <= {p.name for p in local_run.glob("checkpoint-*")}
     assert (local_run / "metrics.jsonl").is_file() and (local / "runs" / "train_long.log").is_file()
+
+    # 5. Relaunch from the checkpoint, followed to the end; the unchanged dataset is not re-sent.
+    final = killed_at + 3
+    resume = [
+        "--data",
+        "chat.txt",
+        *TINY,
+        "--resume",
+        "latest",
+        "--iters",
+        str(final),
+        "--eval-interval",
+        "3",
+    ]
+    result = launcher(*resume, *flags, cwd=local, timeout=300)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "data/chat.txt: unchanged on the host" in out  # same sha256 as the file fetched in step 1
+    assert re.search(rf"^step {final}/{final} ", out, re.M), out
+    assert "── long ended: exit 0 (completed) ──" in out
+    assert "--action download --run-id long" in out
+    steps = [json.loads(line)["step"] for line in (local_run / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == final  # downloaded again when it ended
