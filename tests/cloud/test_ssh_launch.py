@@ -212,3 +212,10 @@ def test_launch_detach_logs_kill_download_resume(host):
     assert "--action download --run-id long" in out
     steps = [json.loads(line)["step"] for line in (local_run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == final  # downloaded again when it ended
+
+
+def test_diagnose_runs_alpha_diagnose_on_the_host(host):
+    pytest.importorskip("alpha.commands.diagnose", reason="`alpha diagnose` is not part of this tree yet")
+    result = launcher("--action", "diagnose", "--run-id", "long", *host["flags"], cwd=host["local"])
+    assert result.returncode in (0, 1), result.stdout + result.stderr  # healthy, or a check fired
+    assert result.stdout.strip()
