@@ -227,14 +227,14 @@ def cmd_setup(args: argparse.Namespace) -> int:
     if python is None:
         # `make setup` is idempotent: it (re)installs only when pyproject.toml changed, and gives
         # the venv the system's CUDA torch when there is one.
-        system = find_system_torch_python() or "python3"
-        code = subprocess.call(
-            ["make", "--no-print-directory", "setup", f"PYTHON={system}"], stdin=subprocess.DEVNULL
-        )
+        make = ["make", "--no-print-directory", "setup"]
+        if not Path(".venv/bin/python").exists():  # only the first build picks the base Python
+            make.append(f"PYTHON={find_system_torch_python() or 'python3'}")
+        code = subprocess.call(make, stdin=subprocess.DEVNULL)
         if code != 0:
             say(f"error: `make setup` failed with exit code {code}")
             return 1
-        python = str(Path(".venv/bin/python").resolve())
+        python = os.path.abspath(".venv/bin/python")  # not resolve(): the venv's symlink is the point
     probe = subprocess.run([python, "-c", PROBE], capture_output=True, text=True)
     if probe.returncode != 0:
         tail = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -31,8 +30,7 @@ class Runner:
     """Runs (or, with ``dry_run``, prints) commands. Stdin may carry secrets; argv never does."""
 
     dry_run: bool = False
-    verbose: bool = False
-    last_returncode: int = 0
+    last_returncode: int = 0  # of the last `lines` command
 
     def show(self, argv: Sequence[str], stdin_note: str | None = None) -> None:
         line = "$ " + shlex.join(argv)
@@ -50,9 +48,8 @@ class Runner:
         what: str = "",
     ) -> Completed:
         """Run and capture. ``stdin_note`` is what dry-run prints instead of stdin's content."""
-        if self.dry_run or self.verbose:
-            self.show(argv, stdin_note if stdin_text is not None else None)
         if self.dry_run:
+            self.show(argv, stdin_note if stdin_text is not None else None)
             return Completed(0)
         try:
             proc = subprocess.run(
@@ -69,23 +66,10 @@ class Runner:
             raise LaunchError(f"{what or argv[0]} failed: {last_line(proc.stderr or proc.stdout)}")
         return result
 
-    def stream(self, argv: Sequence[str], *, what: str = "") -> int:
-        """Run with output going straight to our terminal; return the exit code."""
-        if self.dry_run or self.verbose:
-            self.show(argv)
-        if self.dry_run:
-            return 0
-        sys.stdout.flush()
-        try:
-            return subprocess.call(list(argv), stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise LaunchError(f"{argv[0]} is not installed (needed to {what or 'run ' + argv[0]})") from None
-
     def lines(self, argv: Sequence[str]) -> Iterator[str]:
         """Yield the command's stdout line by line as it arrives (stderr passes through)."""
-        if self.dry_run or self.verbose:
-            self.show(argv)
         if self.dry_run:
+            self.show(argv)
             return
         # Its own session: Ctrl+C reaches only the launcher, which then ends this child itself.
         proc = subprocess.Popen(

@@ -214,6 +214,14 @@ def test_launch_detach_logs_kill_download_resume(host):
     assert steps[-1] == final  # downloaded again when it ended
 
 
+def test_a_run_that_fails_on_the_host_shows_its_error_and_exit_code(host):
+    # Preflight cannot know the host's runs, so this fails there: alpha train exits 2.
+    result = launcher(*TINY, "--resume", "runs/missing", *host["flags"], cwd=host["local"], timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "── missing ended: exit 2 (bad input) ──" in result.stdout
+    assert "no checkpoint" in result.stdout  # the trainer's error, from the run's stdout.log
+
+
 def test_diagnose_runs_alpha_diagnose_on_the_host(host):
     pytest.importorskip("alpha.commands.diagnose", reason="`alpha diagnose` is not part of this tree yet")
     result = launcher("--action", "diagnose", "--run-id", "long", *host["flags"], cwd=host["local"])
