@@ -156,6 +156,7 @@ class TrainConfig:
     vocab_size: int = 4000
     dtype: str = "auto"
     compile: bool | None = None  # None: on for CUDA
+    cuda_graphs: bool | None = None  # None: on for CUDA when compiling
     log_every: int = 10
     run_dir: str | None = None
     resume: str | None = None

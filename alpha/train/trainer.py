@@ -16,7 +16,6 @@ It exposes the primitives that the symbiogenesis search drives: ``snapshot``/``r
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +41,7 @@ from alpha.train.checkpoint import (
     optimizer_tensors,
     write_atomic,
 )
+from alpha.train.cuda_graphs import GraphedStep, PinnedStaging
 from alpha.train.optim import build_optimizer, lr_at
 from alpha.train.sampling import generate
 from alpha.train.trend import summarize_trend
@@ -77,7 +78,7 @@ class RunContext:
 class Snapshot:
     step: int
     model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
+    optimizer: dict[str, dict[str, torch.Tensor]]
     guards: dict[str, torch.Tensor]
 
 
@@ -116,7 +117,10 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
-        self.forward_model: nn.Module = self._wrap(self.model)
+        self._bind_flat_gradients()
+        self.forward_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        self.staging = PinnedStaging(self.device)
+        self.graphed: GraphedStep | None = None
         block = self.model_cfg.block_size
         val_batches = BatchSource(
             data.val, block, cfg.batch_size, cfg.seed, stream=1, name="validation split"
@@ -142,18 +146,25 @@ class Trainer:
         self._last_loss: float | None = None
         self.host_counters = {"clipped": 0, "skipped_spike": 0, "skipped_nonfinite": 0, "steps": 0}
         self._init_guards()
+        if ctx.device.type == "cuda" and cfg.cuda_graphs:
+            self.graphed = GraphedStep(self)
 
     # ------------------------------------------------------------------ set-up
-    def _wrap(self, model: GPT) -> nn.Module:
-        wrapped: nn.Module = model
-        if self.cfg.compile:
-            wrapped = torch.compile(wrapped)
-        if self.ctx.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
+    def _bind_flat_gradients(self) -> None:
+        """Every gradient is a view into one flat buffer whose last slot holds the step's loss.
 
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
-        return wrapped
+        Backward accumulates into the views, one kernel zeroes them all, the norm is one reduction,
+        and data-parallel training reduces gradients and loss with a single all-reduce, which (unlike
+        DDP's autograd hooks) can be captured in a CUDA graph with the rest of the step.
+        """
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        total = sum(p.numel() for p in params)
+        self.reduce_buffer = torch.zeros(total + 1, device=self.device, dtype=torch.float32)
+        offset = 0
+        for p in params:
+            p.grad = self.reduce_buffer[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
+        self.flat_grads = self.reduce_buffer[:-1]
 
     def _init_guards(self) -> None:
         f32 = {"device": self.device, "dtype": torch.float32}
@@ -171,33 +182,38 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.ctx.autocast_dtype)
 
     # ------------------------------------------------------------------ one step
-    def _batch(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.train_batches.batch(key)
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
-                self.device, non_blocking=True
-            )
-        return x, y
+    def _windows(self, batch_key: tuple[int, ...]) -> np.ndarray:
+        """(K, B, T + 1) token windows for one optimizer step on this rank."""
+        k = self.cfg.grad_accum_steps
+        return np.stack([self.train_batches.windows((*batch_key, self.ctx.rank, m)) for m in range(k)])
 
     def _train_step(self, batch_key: tuple[int, ...], schedule_step: int) -> torch.Tensor:
-        cfg, g = self.cfg, self.guards
-        lr = lr_at(schedule_step, cfg)
+        lr = lr_at(schedule_step, self.cfg)
+        windows = self._windows(batch_key)
+        if self.graphed is not None:
+            return self.graphed.run(windows, lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        k = cfg.grad_accum_steps
+        tokens = self.staging.to_device(windows)
+        return self._step_body(tokens, torch.full((), lr, device=self.device))
+
+    def _step_body(self, tokens: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on device-resident tokens (K, B, T + 1); no host synchronisation."""
+        cfg, g, k = self.cfg, self.guards, tokens.shape[0]
+        self.reduce_buffer.zero_()
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
-            x, y = self._batch((*batch_key, self.ctx.rank, micro))
-            sync = micro == k - 1 or not isinstance(self.forward_model, nn.parallel.DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self.autocast():
+            x, y = tokens[micro, :, :-1], tokens[micro, :, 1:]
+            with self.autocast():
                 loss = self.forward_model(x, y)
             (loss * (g["loss_scale"] / k)).backward()
             loss_sum += loss.detach().float()
-        loss_mean = loss_sum / k
-        if self.ctx.world_size > 1:  # report the global mean loss, as one process would see it
-            torch.distributed.all_reduce(loss_mean, op=torch.distributed.ReduceOp.AVG)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False) / g["loss_scale"]
+        self.reduce_buffer[-1:].copy_(loss_sum.reshape(1) / k)
+        if self.ctx.world_size > 1:  # gradients and loss averaged over ranks in one collective
+            torch.distributed.all_reduce(self.reduce_buffer)
+            self.reduce_buffer.div_(self.ctx.world_size)
+        loss_mean = self.reduce_buffer[-1]
+        grad_norm = torch.linalg.vector_norm(self.flat_grads) / g["loss_scale"]
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_mean)
         if cfg.spike_threshold > 0:
             trusted = g["accepted"] >= SPIKE_WARMUP_STEPS
@@ -215,18 +231,8 @@ class Trainer:
         self.optimizer.grad_scale = g["loss_scale"] / clip_coef  # type: ignore[attr-defined]
         self.optimizer.found_inf = (~applied).float()  # type: ignore[attr-defined]
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self._update_guards(grad_norm, applied, finite)
-        return torch.stack(
-            [
-                loss_mean,
-                grad_norm,
-                clip_coef,
-                applied.float(),
-                spike.float(),
-                torch.tensor(lr, device=self.device),
-            ]
-        )
+        return torch.stack([loss_mean, grad_norm, clip_coef, applied.float(), spike.float(), lr.float()])
 
     def _update_guards(self, grad_norm: torch.Tensor, applied: torch.Tensor, finite: torch.Tensor) -> None:
         g = self.guards
@@ -443,28 +449,51 @@ class Trainer:
         self.bus.emit(Samples(step=self.step, samples=samples, trend=summarize_trend(self.eval_history)))
         return samples
 
-    def set_activation(self, factory: Callable[[], nn.Module]) -> None:
-        """Give every block's MLP a new activation module (same shapes: no parameter changes)."""
+    def set_activation(self, factory: Callable[[], nn.Module], key: object) -> None:
+        """Give every block's MLP a new activation module (same shapes: no parameter changes).
+
+        ``key`` identifies the activation (e.g. its canonical formula): a captured step graph is
+        reused when the same key comes back.
+        """
+        self._flush()
         for block in self.model.layers:
             block.mlp.act = factory().to(self.device)
+        if self.graphed is not None:
+            self.graphed.invalidate(key)
 
     # ------------------------------------------------------------------ snapshots and checkpoints
     def snapshot(self) -> Snapshot:
+        """Copies of weights, optimizer moments and guard state (all on the device)."""
         self._flush()
+        names = self.param_names
         return Snapshot(
             step=self.step,
             model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            optimizer={
+                names[id(p)]: {k: v.clone() for k, v in state.items()}
+                for p, state in self.optimizer.state.items()
+            },
             guards={k: v.clone() for k, v in self.guards.items()},
         )
 
     def restore(self, snap: Snapshot) -> None:
-        """Weights, optimizer and guards back to ``snap``; the global step keeps counting."""
+        """Weights, optimizer and guards back to ``snap``, copied in place (captured CUDA graphs
+        keep pointing at the same tensors); the global step keeps counting."""
         self._flush()
-        self.model.load_state_dict(snap.model)
-        self.optimizer.load_state_dict(copy.deepcopy(snap.optimizer))
-        for k, v in snap.guards.items():
-            self.guards[k].copy_(v)
+        with torch.no_grad():
+            self.model.load_state_dict(snap.model)
+            for name, param in self.model.named_parameters():
+                state = self.optimizer.state.get(param)
+                if not state:
+                    continue
+                saved = snap.optimizer.get(name)
+                for key, value in state.items():
+                    if saved is None:  # the snapshot predates the first step: a fresh optimizer
+                        value.zero_()
+                    else:
+                        value.copy_(saved[key])
+            for k, v in snap.guards.items():
+                self.guards[k].copy_(v)
 
     def _checkpoint_step(self) -> int | None:
         if self.last_checkpoint is None:
