@@ -40,6 +40,7 @@ def make_provider(args, runner: Runner) -> Provider:  # noqa: ANN001 - argparse 
         disk_type=args.disk_type,
         spot=args.spot,
         ssh_timeout=args.ssh_timeout,
+        gpus=args.gpus,
     )
 
 

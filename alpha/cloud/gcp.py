@@ -106,6 +106,7 @@ class GcpProvider:
         disk_type: str,
         spot: bool,
         ssh_timeout: float,
+        gpus: int | None = None,
     ) -> None:
         self.runner = runner
         self.project = project
@@ -119,6 +120,7 @@ class GcpProvider:
         self.disk_type = disk_type
         self.spot = spot
         self.ssh_timeout = ssh_timeout
+        self.gpus_requested = gpus
         self.instance: Instance | None = None
         self.wanted: MachineGpus | None = None
         self._for_training = False
@@ -132,6 +134,11 @@ class GcpProvider:
             )
         if training:
             self.wanted = machine_gpus(self.machine_type, self.accelerator)
+            if self.gpus_requested and self.gpus_requested > self.wanted.count:
+                raise ConfigError(
+                    f"--gpus {self.gpus_requested}: {self.machine_type} has {self.wanted.count} "
+                    f"× {self.wanted.label}"
+                )
         if self.project:
             return
         if self.runner.dry_run:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.cloud.conftest import SCRIPT, launcher
+from tests.cloud.conftest import REPO, SCRIPT, launcher
 
 TINY = ["--domain", "chat", "--dim", "32", "--heads", "2", "--layers", "2", "--block", "32", "--iters", "5"]
 WHERE = ["--project=test-proj", "--zone=us-central1-b"]
@@ -206,58 +207,46 @@ def test_instance_actions_status_stop_start_delete(fake_gcloud, tmp_path):
 
 
 def test_seed_command_dry_run_shows_the_plan_and_no_secret(fake_gcloud, data, tmp_path):
-    symbio = tmp_path / "symbio-composed-novels.json"
-    symbio.write_text(json.dumps({"populationSize": 8}))
-    result = gcp(
-        fake_gcloud,
-        "--data",
-        str(data),
-        *SEED_FLAGS,
-        "--symbio-config",
-        str(symbio),
-        "--dry-run",
-        cwd=tmp_path,
-        env=SECRETS,
-    )
+    # The seed's config when the project ships it (synced with the code), else a stand-in (uploaded).
+    symbio = REPO / "configs" / "symbio-composed-novels.json"
+    symbio_on_host = "configs/symbio-composed-novels.json"
+    if not symbio.is_file():
+        symbio = tmp_path / "symbio-composed-novels.json"
+        symbio.write_text(json.dumps({"populationSize": 8}))
+        symbio_on_host = "data/symbio-composed-novels.json"
+    args = ["--data", str(data), *SEED_FLAGS, "--symbio-config", str(symbio), "--dry-run"]
+    result = gcp(fake_gcloud, *args, cwd=tmp_path, env=SECRETS)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert fake_gcloud.calls() == []  # it runs nothing, not even gcloud config
     assert "$ gcloud compute instances create alpha-train --project=PROJECT --zone=us-central1-b" in out
     assert "--machine-type=g2-standard-4" in out and "--accelerator=type=nvidia-l4,count=1" in out
-    plan = [line for line in out.splitlines() if "alpha.cloud.remote start" in line]
-    assert len(plan) == 1
-    for flag in (
-        "--iters 50000",
-        "--batch 20",
-        "--block 512",
-        "--dim 384",
-        "--heads 8",
-        "--layers 8",
-        "--lr 5e-05",
-        "--backend helios",
-        "--tokenizer bpe",
-        "--warmup 1000",
-        "--beta2 0.95",
-        "--grad-clip 1.0",
-        "--eval-interval 500",
-        "--sample-interval 300",
-        "--symbio",
-        "--data data/historic.txt",
-        "--symbio-config data/symbio-composed-novels.json",
-        "--domain chat",
-    ):
-        assert flag in plan[0], flag
-    assert "--run-dir runs/historic_" in plan[0] and "--gpus" not in plan[0]  # one L4
-    for step in (
-        "rsync -az --delete",
-        "alpha.cloud.remote setup --require-cuda",
-        "alpha.cloud.remote follow",
-        "umask 077",
-    ):
+    for step in ("rsync -az --delete", "remote setup --require-cuda", "remote follow", "umask 077"):
         assert step in out, step
+    # Exactly the seed's training flags reach `alpha train` on the instance, with host paths.
+    start = [line for line in out.splitlines() if "alpha.cloud.remote start" in line]
+    assert len(start) == 1
+    train_args = flag_values(shlex.split(shlex.split(start[0][2:])[-1].split(" -- ", 1)[1]))
+    expected = flag_values(shlex.split(
+        "--domain chat --tokenizer bpe --dim 384 --heads 8 --layers 8 --block 512 --iters 50000 --batch 20 "
+        "--lr 5e-05 --warmup 1000 --beta2 0.95 --grad-clip 1.0 --eval-interval 500 --sample-interval 300 "
+        f"--backend helios --symbio --data data/historic.txt --symbio-config {symbio_on_host}"
+    ))  # fmt: skip
+    assert train_args.pop("--run-dir").startswith("runs/historic_")
+    assert train_args == expected  # no --gpus: one L4
     assert "ALPHA_REMOTE_URL, ALPHA_REMOTE_SECRET, DISCORD_WEBHOOK_URL" in out
     for value in SECRETS.values():
         assert value not in out and value not in result.stderr
+
+
+def flag_values(args: list[str]) -> dict[str, str | bool]:
+    """``--flag value`` pairs (True for a flag without a value)."""
+    values: dict[str, str | bool] = {}
+    for i, arg in enumerate(args):
+        if arg.startswith("--"):
+            has_value = i + 1 < len(args) and not args[i + 1].startswith("--")
+            values[arg] = args[i + 1] if has_value else True
+    return values
 
 
 def test_multi_gpu_machine_forwards_gpus_to_alpha_train(fake_gcloud, data, tmp_path):
@@ -280,6 +269,8 @@ def test_multi_gpu_machine_forwards_gpus_to_alpha_train(fake_gcloud, data, tmp_p
         (["--data", "ok.txt", "--symbio", "--symbio-config", "bad.json"], "not valid JSON"),
         (["--data", "ok.txt", "--machine-type", "n1-standard-8"], "add --accelerator"),
         (["--data", "ok.txt", "--run-dir", "runs/x"], "--run-dir is chosen by the launcher"),
+        (["--data", "ok.txt", "--gpus", "2"], "--gpus 2: g2-standard-4 has 1 × L4"),
+        (["--data", "ok.txt", "--resume", "latest", "--run-id", "x"], "--run-id cannot be combined"),
         (["--data-url", "ftp://x/y.txt"], "--data-url must be an http(s) URL"),
         (["--domain", "chat"], "--data FILE"),
     ],
