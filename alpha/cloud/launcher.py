@@ -159,7 +159,7 @@ class Launcher:
         except (LaunchError, KeyboardInterrupt) as exc:
             if not started and self.provider.machine_up() and not self.runner.dry_run:
                 if self.args.stop_after:
-                    reason = exc or "interrupted"
+                    reason = str(exc) or "interrupted"
                     print(f"launch failed before training started ({reason}); --stop-after: stopping")
                     self.provider.stop()
                 else:

@@ -385,16 +385,19 @@ def train_log(run_id: str) -> Path:
     return RUNS / f"train_{run_id}.log"
 
 
-def tail_lines(path: Path, n: int) -> list[str]:
+def tail_lines(path: Path, n: int) -> tuple[list[str], int]:
+    """The last ``n`` complete lines of a file, and the offset just after them."""
     try:
         with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 256 * max(n, 1) - 4096))
-            data = f.read()
+            size = f.seek(0, os.SEEK_END)
+            start = max(0, size - 256 * max(n, 1) - 4096)
+            f.seek(start)
+            data = f.read(size - start)
     except OSError:
-        return []
-    return data.decode("utf-8", errors="replace").splitlines()[-n:] if n > 0 else []
+        return [], 0
+    complete = data.rfind(b"\n") + 1  # a line still being written is left for later
+    lines = data[:complete].decode("utf-8", errors="replace").splitlines()
+    return (lines[-n:] if n > 0 else []), start + complete
 
 
 def checkpoints(run_id: str) -> list[str]:
@@ -416,7 +419,7 @@ def report_end(run_id: str) -> int:
     else:
         code, status = 1, "crashed (the supervisor died without recording an exit code)"
     if code not in (0, 130, 143):
-        out = tail_lines(RUNS / run_id / "stdout.log", 30)
+        out, _ = tail_lines(RUNS / run_id / "stdout.log", 30)
         if out:
             say(f"── last lines of runs/{run_id}/stdout.log ──")
             for line in out:
@@ -433,13 +436,18 @@ def cmd_follow(args: argparse.Namespace) -> int:
     log = train_log(run_id)
     mark("following", run_id=run_id, log=str(log))
     position = 0
-    if log.exists() and args.lines >= 0:
-        for line in tail_lines(log, args.lines):
+    if log.exists():
+        lines, position = tail_lines(log, args.lines)  # the tail, then everything after it
+        for line in lines:
             say(line)
-        position = log.stat().st_size
     pending = b""
+    starting_since = time.monotonic()
     while True:
         state = run_state(run_id)[0]
+        if state != "starting":
+            starting_since = time.monotonic()
+        elif time.monotonic() - starting_since > 60:  # the supervisor never came up
+            state = "crashed"
         try:
             size = log.stat().st_size
         except OSError:
@@ -472,7 +480,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     log = train_log(run_id)
     source = log if log.exists() else RUNS / run_id / "stdout.log"
     say(f"── {source} ──")
-    for line in tail_lines(source, args.lines):
+    for line in tail_lines(source, args.lines)[0]:
         say(line)
     if state == "running":
         say(f"── {run_id} is running (pid {info.get('pid')}) ──")
