@@ -488,12 +488,14 @@ class GcpProvider:
         if not self.runner.dry_run and instance.status in ("TERMINATED", "STOPPED"):
             print(f"{INSTANCE} in {instance.zone} is already stopped; {self.disk_cost_line()}")
             return 0
-        print(f"stopping {INSTANCE} in {instance.zone}...", flush=True)
+        if not self.runner.dry_run:
+            print(f"stopping {INSTANCE} in {instance.zone}...", flush=True)
         self.runner.run(
             ["gcloud", "compute", "instances", "stop", INSTANCE, *self._where(instance.zone), "--quiet"],
             what=f"stop {INSTANCE}",
         )
-        print(f"stopped; {self.disk_cost_line()}")
+        if not self.runner.dry_run:
+            print(f"stopped; {self.disk_cost_line()}")
         return 0
 
     def delete(self, yes: bool) -> int:
@@ -511,7 +513,8 @@ class GcpProvider:
             ["gcloud", "compute", "instances", "delete", INSTANCE, *self._where(instance.zone), "--quiet"],
             what=f"delete {INSTANCE}",
         )
-        print(f"deleted {INSTANCE} in {instance.zone}")
+        if not self.runner.dry_run:
+            print(f"deleted {INSTANCE} in {instance.zone}")
         return 0
 
     def ssh_session(self, remote_shell_dir: str) -> int:
