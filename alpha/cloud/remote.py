@@ -311,8 +311,9 @@ def cmd_start(args: argparse.Namespace) -> int:
             return EXIT_RUNNING
         run_dir = RUNS / args.run_id
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (run_dir / "exit.json").exists():
-            (run_dir / "exit.json").unlink()
+        for stale in ("launch.json", "exit.json"):  # a resumed run's records from its last launch
+            with contextlib.suppress(FileNotFoundError):
+                (run_dir / stale).unlink()
         argv = [args.python, "-m", "alpha", "train", *args.train_args]
         with open(run_dir / "supervisor.log", "ab") as supervisor_log:
             subprocess.Popen(
@@ -348,17 +349,24 @@ def cmd_supervise(args: argparse.Namespace) -> int:
     env["PYTHONUNBUFFERED"] = "1"
     # Tokenizer and token caches stay inside the project folder, beside the data they come from.
     env.setdefault("ALPHA_CACHE_DIR", str(Path(".cache").resolve()))
+    children: list[subprocess.Popen] = []
+    received: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        received.append(signum)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):  # installed first: no window where SIGTERM kills us
+        signal.signal(sig, forward)
     with open(run_dir / "stdout.log", "ab") as out:
         child = subprocess.Popen(
             args.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
         )
-
-    def forward(signum: int, _frame: object) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
+    children.append(child)
+    if received:  # a stop request arrived while the trainer was being spawned
+        child.send_signal(received[0])
     write_json(
         run_dir / "launch.json",
         {
