@@ -141,8 +141,3 @@ def machine_gpus(machine_type: str, accelerator: str | None = None) -> MachineGp
 
 def zones_for(gpus: MachineGpus) -> list[str]:
     return list(ZONES_BY_ACCELERATOR.get(gpus.accelerator, DEFAULT_ZONES))
-
-
-def gpu_tag(gpus: MachineGpus) -> str:
-    """Lower-case short name used in run ids: ``l4``, ``a100``, ``h100``."""
-    return gpus.label.split()[0].lower()
