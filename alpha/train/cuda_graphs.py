@@ -93,6 +93,7 @@ class GraphedStep:
 
     def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         trainer = self.trainer
+        trainer.background.drain()  # no other thread may touch CUDA while a graph is captured
         snap = trainer.snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -16,6 +16,7 @@ It exposes the primitives that the symbiogenesis search drives: ``snapshot``/``r
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, EventBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
+from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
     Checkpoint,
@@ -141,6 +143,8 @@ class Trainer:
         self.retention = Retention(ctx.run_dir, cfg.keep_checkpoints)
         self._pending: list[_PendingStep] = []
         self._mark = time.perf_counter()
+        self._warm: tuple[float, int] | None = None  # (time, step) after the first interval
+        self.background = BackgroundWorker()
         self._step_seconds = 0.0
         self._steps_timed = 0
         self._last_loss: float | None = None
@@ -151,20 +155,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _bind_flat_gradients(self) -> None:
-        """Every gradient is a view into one flat buffer whose last slot holds the step's loss.
-
-        Backward accumulates into the views, one kernel zeroes them all, the norm is one reduction,
-        and data-parallel training reduces gradients and loss with a single all-reduce, which (unlike
-        DDP's autograd hooks) can be captured in a CUDA graph with the rest of the step.
+        """With several processes, every gradient is a view into one flat buffer whose last slot
+        holds the step's loss: gradients and loss are averaged over ranks by a single all-reduce,
+        which (unlike DDP's autograd hooks) can be captured in a CUDA graph with the rest of the
+        step. One process needs no buffer: autograd's own gradients avoid an accumulate pass.
         """
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        total = sum(p.numel() for p in params)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.reduce_buffer: torch.Tensor | None = None
+        if self.ctx.world_size == 1:
+            return
+        total = sum(p.numel() for p in self.params)
         self.reduce_buffer = torch.zeros(total + 1, device=self.device, dtype=torch.float32)
         offset = 0
-        for p in params:
+        for p in self.params:
             p.grad = self.reduce_buffer[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
-        self.flat_grads = self.reduce_buffer[:-1]
 
     def _init_guards(self) -> None:
         f32 = {"device": self.device, "dtype": torch.float32}
@@ -200,7 +205,12 @@ class Trainer:
     def _step_body(self, tokens: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         """One optimizer step on device-resident tokens (K, B, T + 1); no host synchronisation."""
         cfg, g, k = self.cfg, self.guards, tokens.shape[0]
-        self.reduce_buffer.zero_()
+        buffer = self.reduce_buffer
+        if buffer is not None:
+            buffer.zero_()
+        else:
+            for p in self.params:
+                p.grad = None
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
             x, y = tokens[micro, :, :-1], tokens[micro, :, 1:]
@@ -208,12 +218,18 @@ class Trainer:
                 loss = self.forward_model(x, y)
             (loss * (g["loss_scale"] / k)).backward()
             loss_sum += loss.detach().float()
-        self.reduce_buffer[-1:].copy_(loss_sum.reshape(1) / k)
-        if self.ctx.world_size > 1:  # gradients and loss averaged over ranks in one collective
-            torch.distributed.all_reduce(self.reduce_buffer)
-            self.reduce_buffer.div_(self.ctx.world_size)
-        loss_mean = self.reduce_buffer[-1]
-        grad_norm = torch.linalg.vector_norm(self.flat_grads) / g["loss_scale"]
+        if buffer is not None:  # gradients and loss averaged over ranks in one collective
+            buffer[-1:].copy_(loss_sum.reshape(1) / k)
+            torch.distributed.all_reduce(buffer)
+            buffer.div_(self.ctx.world_size)
+            loss_mean = buffer[-1]
+            grad_norm = torch.linalg.vector_norm(buffer[:-1])
+        else:
+            loss_mean = loss_sum / k
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm([p.grad for p in self.params]))
+            )
+        grad_norm = grad_norm / g["loss_scale"]
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_mean)
         if cfg.spike_threshold > 0:
             trusted = g["accepted"] >= SPIKE_WARMUP_STEPS
@@ -317,6 +333,7 @@ class Trainer:
             self._flush(evaluate=eval_due)
         if sample_due and self.ctx.is_main:
             self.sample()
+        self.background.poll()
         if ckpt_due:
             self.save_checkpoint()
 
@@ -343,6 +360,8 @@ class Trainer:
         if val_loss is not None:
             self._record_eval(val_loss)
         self._mark = time.perf_counter()
+        if self._warm is None:  # the first interval carries compilation and graph capture
+            self._warm = (self._mark, self.step)
 
     def _emit_step(
         self,
@@ -431,23 +450,46 @@ class Trainer:
         self.model.train()
         return float(total) / len(self.val_windows)
 
-    def sample(self) -> list[dict[str, str]]:
-        prompts = self.domain.prompts[: self.cfg.sample_prompts]
+    def sample(self) -> None:
+        """Generate from the domain prompts. On CUDA this runs on a worker thread and side stream
+        with a copy of the weights, so training continues meanwhile; the Samples event (labelled
+        with the step it was taken at) is emitted at a later log boundary."""
+        step, trend = self.step, summarize_trend(self.eval_history)
+        prompts = [self.domain.format_prompt(p) for p in self.domain.prompts[: self.cfg.sample_prompts]]
+        if self.device.type != "cuda":
+            self._emit_samples(step, trend, self._generate(self.model, prompts, step))
+            return
+        sampler = copy.deepcopy(self.model).eval()  # weights and the current activation
+        for p in sampler.parameters():
+            p.grad = None
+        ready = torch.cuda.Event()
+        ready.record()
+
+        def job() -> list[dict[str, str]]:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_event(ready)
+            with torch.cuda.stream(stream):
+                return self._generate(sampler, prompts, step)
+
+        self.background.submit(job, lambda samples: self._emit_samples(step, trend, samples))
+
+    def _generate(self, model: GPT, prompts: list[str], step: int) -> list[dict[str, str]]:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        gen.manual_seed(self.cfg.seed * 1_000_003 + step)
         samples = []
-        for prompt in prompts:
-            text = self.domain.format_prompt(prompt)
+        for text in prompts:
             ids = generate(
-                self.model,
+                model,
                 self.tokenizer.encode(text),
                 self.cfg.sample_tokens,
                 stop_id=self.tokenizer.eot_id,
                 generator=gen,
             )
             samples.append({"prompt": text, "output": self.tokenizer.decode(ids)})
-        self.bus.emit(Samples(step=self.step, samples=samples, trend=summarize_trend(self.eval_history)))
         return samples
+
+    def _emit_samples(self, step: int, trend: dict[str, Any] | None, samples: list[dict[str, str]]) -> None:
+        self.bus.emit(Samples(step=step, samples=samples, trend=trend))
 
     def set_activation(self, factory: Callable[[], nn.Module], key: object) -> None:
         """Give every block's MLP a new activation module (same shapes: no parameter changes).
@@ -501,6 +543,7 @@ class Trainer:
         return int(self.last_checkpoint.stem.split("-")[-1])
 
     def save_checkpoint(self) -> Path | None:
+        """Copy the state to host memory now and write it (temp file, fsync, rename) on the worker."""
         self._flush()
         if not self.ctx.is_main:
             return None
@@ -563,6 +606,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ end
     def _finish(self, status: str, reason: str, elapsed: float) -> RunEnd:
+        self.background.drain()
+        self.background.close()
+        loop_tps = 0.0
+        if self._warm is not None and self.step > self._warm[1]:
+            loop_tps = (
+                (self.step - self._warm[1]) * self.tokens_per_step / (time.perf_counter() - self._warm[0])
+            )
         tokens_per_sec = (
             self._steps_timed * self.tokens_per_step / self._step_seconds if self._step_seconds else 0.0
         )
@@ -574,6 +624,7 @@ class Trainer:
             iters=self.cfg.iters,
             elapsed_s=elapsed,
             tokens_per_sec=tokens_per_sec,
+            loop_tokens_per_sec=loop_tps,
             final_loss=self._last_loss,
             final_val_loss=self.last_val_loss,
             best_val_loss=self.best_val_loss,
