@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages that some tests need (headless Chromium for page tests, ...). Idempotent:
+# System packages that some tests need (headless Chromium for page tests, sshd and rsync for the
+# launcher tests). Idempotent:
 # installs only what is missing, with apt-get, as root. Tests that need a package skip with a
 # clear reason when it is absent, so running without this script is safe, just less covered.
 set -euo pipefail
@@ -11,6 +12,10 @@ need() {  # need <command-or-path> <debian package>
 
 # Dashboard page tests (tests/server): Debian's Chromium, driven by Playwright.
 need /usr/bin/chromium chromium
+# Cloud launcher tests (tests/cloud): a real sshd on 127.0.0.1, the ssh client, rsync.
+need /usr/sbin/sshd openssh-server
+need ssh openssh-client
+need rsync rsync
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
