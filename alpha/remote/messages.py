@@ -12,6 +12,7 @@ import os
 import platform
 import socket
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 from alpha.events import RunStart, json_safe
@@ -108,3 +109,32 @@ def complete(run_id: str, final_step: int, status: str, reason: str) -> Message:
 def metric_step(record: dict[str, Any]) -> int | None:
     step = record.get("step")
     return step if isinstance(step, int) else None
+
+
+def coalesce(items: Iterable[Message]) -> list[Message]:
+    """Merge runs of adjacent ``metrics`` (or ``event``/``events``) messages of one run into batches."""
+    out: list[Message] = []
+    for path, body in items:
+        kind = body.get("type")
+        if out and kind in ("metrics", "event", "events"):
+            last_path, last = out[-1]
+            same_run = last.get("runId") == body.get("runId")
+            if kind == "metrics" and last.get("type") == "metrics" and same_run:
+                if len(last["metrics"]) + len(body["metrics"]) <= MAX_BATCH:
+                    out[-1] = (last_path, {**last, "metrics": last["metrics"] + body["metrics"]})
+                    continue
+            elif kind != "metrics" and last.get("type") in ("event", "events") and same_run:
+                merged = _event_list(last) + _event_list(body)
+                if len(merged) <= MAX_BATCH:
+                    out[-1] = events(body["runId"], merged)
+                    continue
+        out.append((path, body))
+    return out
+
+
+def _event_list(body: dict[str, Any]) -> list[dict[str, Any]]:
+    return [body["event"]] if body.get("type") == "event" else list(body.get("events", []))
+
+
+def batched(records: list[Any], size: int = MAX_BATCH) -> list[list[Any]]:
+    return [records[i : i + size] for i in range(0, len(records), size)]

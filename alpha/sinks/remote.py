@@ -41,7 +41,7 @@ from alpha.remote.messages import MAX_BATCH, Message
 from alpha.remote.spool import SPOOL_NAME, Spool
 
 REJECTED_NAME = "remote-rejected.jsonl"
-SPOOL_READ_BATCH = 50
+SPOOL_READ_BATCH = 2000  # lines per read-back; coalesced into batches of MAX_BATCH
 
 
 @dataclass(frozen=True)
@@ -141,9 +141,16 @@ class RemoteReporter:
         try:
             self._queue.put_nowait(event)
         except queue.Full:
-            # The sender is stuck (a hanging request): keep the event on disk instead of waiting.
-            n = self.spool.append(self._event_messages(event))
-            self.stats["spooled"] += n
+            # The sender is stuck (a hanging request). Rather than wait, move the oldest queued event
+            # to the spool on disk; the newest (perhaps the RunEnd) still reaches the sender.
+            with contextlib.suppress(queue.Empty):
+                oldest = self._queue.get_nowait()
+                if oldest is not None:
+                    self.stats["spooled"] += self.spool.append(self._event_messages(oldest))
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(event)
+                return
+            self.stats["spooled"] += self.spool.append(self._event_messages(event))
 
     def close(self) -> None:
         """Deliver what is pending within ``drain_seconds``, post ``complete``; spool the rest."""
@@ -204,11 +211,11 @@ class RemoteReporter:
         if len(self._metrics) > cap:
             n = len(self._metrics) - cap // 2
             old = [self._metrics.popleft() for _ in range(n)]
-            spilled += [messages.metrics(self.run_id, old[i : i + MAX_BATCH]) for i in range(0, n, MAX_BATCH)]
+            spilled += [messages.metrics(self.run_id, b) for b in messages.batched(old)]
         if len(self._events) > cap:
             n = len(self._events) - cap // 2
             old = [self._events.popleft() for _ in range(n)]
-            spilled += [messages.events(self.run_id, old[i : i + MAX_BATCH]) for i in range(0, n, MAX_BATCH)]
+            spilled += [messages.events(self.run_id, b) for b in messages.batched(old)]
         while len(self._samples) > cap:
             spilled.append(self._samples.popleft())
         if spilled:
@@ -301,7 +308,8 @@ class RemoteReporter:
             self.stats["metrics_sent"] += len(batch)
         if self.spool.has_unsent():
             spooled, offset = self.spool.read(SPOOL_READ_BATCH)
-            for message in spooled:
+            # A spooled ``complete`` belongs to an earlier process of this run: it is live again.
+            for message in messages.coalesce(m for m in spooled if m[0] != messages.COMPLETE):
                 if not self._send(client, message):
                     return
             self._pop(lambda: self.spool.commit(offset))
@@ -377,16 +385,10 @@ class RemoteReporter:
                     self._absorb(item)
             pending: list[Message] = [self._start] if self._start is not None else []
             events = list(self._events)
-            pending += [
-                messages.events(self.run_id, events[i : i + MAX_BATCH])
-                for i in range(0, len(events), MAX_BATCH)
-            ]
+            pending += [messages.events(self.run_id, b) for b in messages.batched(events)]
             pending += list(self._samples)
             metrics = list(self._metrics)
-            pending += [
-                messages.metrics(self.run_id, metrics[i : i + MAX_BATCH])
-                for i in range(0, len(metrics), MAX_BATCH)
-            ]
+            pending += [messages.metrics(self.run_id, b) for b in messages.batched(metrics)]
             if self._complete is not None:
                 pending.append(self._complete)
             self._start, self._complete = None, None
