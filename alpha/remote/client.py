@@ -1,72 +1,23 @@
-"""HTTP client for the dashboard server, and the rule that credentials never leave memory.
+"""HTTP client for the dashboard server: Bearer auth, timeouts, errors that carry no credentials.
 
-The server's base URL (``ALPHA_REMOTE_URL``), its bearer secret (``ALPHA_REMOTE_SECRET``) and the
-Discord webhook (``DISCORD_WEBHOOK_URL``) are read from the environment only, never from flags, so
-they never show up in process arguments, config.json or the run header. Every error that leaves
-this module is a ``RemoteError`` whose text went through ``redact``: httpx puts request URLs in its
-exception messages, and a webhook URL *is* its secret.
+Every error that leaves this module is a ``RemoteError`` whose text went through ``redact``:
+httpx puts request URLs in its exception messages. Redirects are not followed, since following
+one would resend the bearer secret to another address.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from alpha.errors import ConfigError
-
-URL_ENV = "ALPHA_REMOTE_URL"
-SECRET_ENV = "ALPHA_REMOTE_SECRET"
-WEBHOOK_ENV = "DISCORD_WEBHOOK_URL"
-SENSITIVE_ENV = (SECRET_ENV, URL_ENV, WEBHOOK_ENV)
-
-_WEBHOOK_RE = re.compile(r"https?://\S*/api/webhooks/\S+", re.IGNORECASE)
-_BEARER_RE = re.compile(r"Bearer\s+\S+", re.IGNORECASE)
+from alpha.remote.credentials import RemoteSettings, describe, redact
 
 # httpx logs every request URL at INFO; an application that turns on INFO logging must not leak it.
 for _name in ("httpx", "httpcore"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-def redact(text: str, extra: Iterable[str] = ()) -> str:
-    """``text`` with every known credential (env values, webhook URLs, bearer tokens) masked."""
-    values = {os.environ.get(name, "") for name in SENSITIVE_ENV} | set(extra)
-    variants = {v.rstrip("/") for v in values} | values
-    for value in sorted((v for v in variants if len(v) >= 4), key=len, reverse=True):
-        text = text.replace(value, "<redacted>")
-    text = _WEBHOOK_RE.sub("<webhook>", text)
-    return _BEARER_RE.sub("Bearer <redacted>", text)
-
-
-def describe(exc: BaseException, extra: Iterable[str] = ()) -> str:
-    """One redacted line for an exception: its type and message."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    return redact(text, extra)
-
-
-@dataclass(frozen=True)
-class RemoteSettings:
-    """Where the dashboard server is and how to authenticate; ``repr`` shows neither."""
-
-    url: str = field(repr=False)
-    secret: str = field(repr=False)
-
-    @classmethod
-    def from_env(cls, url_env: str = URL_ENV, secret_env: str = SECRET_ENV) -> RemoteSettings | None:
-        """Both variables set (non-empty) -> settings; neither -> None; a bad URL -> ConfigError."""
-        url, secret = os.environ.get(url_env, "").strip(), os.environ.get(secret_env, "").strip()
-        if not url or not secret:
-            return None
-        if not re.match(r"^https?://[^/\s]+", url):
-            raise ConfigError(f"${url_env} must be an http(s) base URL such as https://host")
-        return cls(url=url.rstrip("/"), secret=secret)
 
 
 class RemoteError(Exception):
@@ -94,7 +45,7 @@ class ServerClient:
             base_url=settings.url,
             headers={"Authorization": f"Bearer {settings.secret}"},
             timeout=timeout or default_timeout(),
-            follow_redirects=False,  # a redirect would resend the bearer secret somewhere else
+            follow_redirects=False,
         )
 
     def __repr__(self) -> str:

@@ -28,7 +28,7 @@ import httpx
 
 from alpha.config import TrainConfig
 from alpha.events import Alert, Event, RunEnd, RunStart, Samples
-from alpha.remote.client import WEBHOOK_ENV, describe, redact
+from alpha.remote.credentials import WEBHOOK_ENV, describe, redact
 
 GREEN, ORANGE, BLUE, AMBER, RED, GREY = 0x00C853, 0xFF9800, 0x2196F3, 0xFFC107, 0xF44336, 0x9E9E9E
 

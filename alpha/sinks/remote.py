@@ -36,7 +36,8 @@ from alpha.config import TrainConfig
 from alpha.errors import ConfigError
 from alpha.events import Event, RunEnd, RunStart, Samples, Step
 from alpha.remote import messages
-from alpha.remote.client import RemoteError, RemoteSettings, ServerClient, default_timeout
+from alpha.remote.client import RemoteError, ServerClient, default_timeout
+from alpha.remote.credentials import RemoteSettings
 from alpha.remote.messages import MAX_BATCH, Message
 from alpha.remote.spool import SPOOL_NAME, Spool
 
