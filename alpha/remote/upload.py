@@ -34,6 +34,7 @@ from alpha.events import Alert, EventBus, RunEnd
 from alpha.remote import messages
 from alpha.remote.client import RemoteError, ServerClient
 from alpha.remote.credentials import RemoteSettings, describe
+from alpha.train.checkpoint import strip_optimizer
 
 CHUNK_BYTES = 1 << 20
 TRAINING_DATA_BYTES = 50 * 1024
@@ -79,24 +80,6 @@ class UploadResult:
             "chunks": self.chunks,
             "sha256": self.sha256,
         }
-
-
-def strip_optimizer(src: Path, dst: Path) -> dict[str, Any]:
-    """Write the inference-only copy of a checkpoint (only ``model.*`` tensors); returns its metadata."""
-    try:
-        from alpha.train.checkpoint import strip_optimizer as strip
-    except ImportError:  # TEMPORARY until alpha.train.checkpoint is merged
-        from safetensors import safe_open
-        from safetensors.torch import save_file
-
-        with safe_open(str(src), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})["alpha"])
-            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}  # noqa: SIM118
-        meta = {k: v for k, v in meta.items() if k != "trainer"}
-        meta["inferenceOnly"] = True
-        save_file(tensors, str(dst), metadata={"alpha": json.dumps(meta)})
-        return meta
-    return strip(src, dst)
 
 
 def prepare(checkpoint: Path, run_id: str | None = None) -> Payload:
