@@ -72,6 +72,40 @@ def _still_running(run_dir: Path) -> int | None:
     return pid
 
 
+def _event_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    return record.get("kind"), record.get("step"), record.get("timestamp")
+
+
+@dataclass
+class Seen:
+    """What the run's files already sent, so that the spool adds only what they lack."""
+
+    metric_steps: set[int]
+    event_keys: set[tuple[Any, ...]]
+    sample_steps: set[int]
+
+    def novel(self, message: Message) -> Message | None:
+        path, body = message
+        kind = body.get("type")
+        run_id = str(body.get("runId"))
+        if path == messages.COMPLETE or kind in ("run_start", "heartbeat"):
+            return None  # the replay sends its own
+        if kind == "metrics":
+            fresh = [r for r in body.get("metrics", []) if r.get("step") not in self.metric_steps]
+            self.metric_steps |= {r.get("step") for r in fresh}
+            return messages.metrics(run_id, fresh) if fresh else None
+        if kind in ("event", "events"):
+            records = [body["event"]] if kind == "event" else body.get("events", [])
+            fresh = [e for e in records if _event_key(e) not in self.event_keys]
+            self.event_keys |= {_event_key(e) for e in fresh}
+            return messages.events(run_id, fresh) if fresh else None
+        if kind == "samples":
+            if body.get("step") in self.sample_steps:
+                return None
+            self.sample_steps.add(body.get("step"))
+        return message
+
+
 def plan(run_dir: Path) -> tuple[ReplaySummary, list[Message]]:
     """Every message a replay of ``run_dir`` sends, in order (reads files only)."""
     try:
@@ -108,15 +142,15 @@ def plan(run_dir: Path) -> tuple[ReplaySummary, list[Message]]:
         records.append(record)
         max_step = max(max_step, step)
     out += [messages.metrics(run_id, batch) for batch in messages.batched(records)]
+    sample_steps = set()
     for item in read_jsonl(run_dir / "samples.jsonl"):
         if item and isinstance(item.get("samples"), list) and item["samples"]:
-            out.append(
-                messages.samples(run_id, int(item.get("step") or 0), item["samples"], item.get("trend"))
-            )
+            step = int(item.get("step") or 0)
+            sample_steps.add(step)
+            out.append(messages.samples(run_id, step, item["samples"], item.get("trend")))
     out += [messages.events(run_id, batch) for batch in messages.batched(events)]
-    spooled = [m for m in read_spool(run_dir / SPOOL_NAME) if m[0] != messages.COMPLETE]
-    spooled = [m for m in spooled if m[1].get("type") not in ("run_start", "heartbeat")]
-    out += messages.coalesce(spooled)
+    seen = Seen({r["step"] for r in records}, {_event_key(e) for e in events}, sample_steps)
+    out += messages.coalesce(m for m in map(seen.novel, read_spool(run_dir / SPOOL_NAME)) if m is not None)
 
     ends = [e for e in events if e.get("kind") == "training_complete"]
     if ends and ends[-1].get("payload"):

@@ -33,8 +33,16 @@ LEVELS = {"debug", "info", "warn", "error"}
 STATUSES = {"completed", "interrupted", "unhealthy", "failed"}
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 UPLOAD_ID_RE = re.compile(r"^[A-Za-z0-9._-]+_\d+_\d{13}$")
-TREND_KEYS = {"summary", "plateauLikely", "overfittingLikely", "windowStartStep", "windowEndStep",
-              "trainLossDelta", "valLossDelta", "gapDelta"}
+TREND_KEYS = {
+    "summary",
+    "plateauLikely",
+    "overfittingLikely",
+    "windowStartStep",
+    "windowEndStep",
+    "trainLossDelta",
+    "valLossDelta",
+    "gapDelta",
+}
 MAX_CHUNK = 1 << 20
 
 
@@ -78,9 +86,9 @@ def check_ingest(body: Any) -> list[str]:
             errs.append("modelConfig")
         if not isinstance(body.get("trainConfig"), dict) or "batchSize" not in body["trainConfig"]:
             errs.append("trainConfig")
-        if not isinstance(body.get("totalParams"), int) or body["totalParams"] <= 0:
+        if "totalParams" in body and (not isinstance(body["totalParams"], int) or body["totalParams"] <= 0):
             errs.append("totalParams")
-        if not isinstance(body.get("infra"), dict) or set(body["infra"]) != INFRA_KEYS:
+        if "infra" in body and (not isinstance(body["infra"], dict) or set(body["infra"]) != INFRA_KEYS):
             errs.append(f"infra keys {sorted(body.get('infra') or {})}")
         if not isinstance(body.get("domain"), str):
             errs.append("domain")
@@ -111,7 +119,11 @@ def check_ingest(body: Any) -> list[str]:
         if not isinstance(samples, list) or not samples:
             errs.append("samples")
         for s in samples or []:
-            if not (isinstance(s, dict) and set(s) == {"prompt", "output"} and all(isinstance(v, str) for v in s.values())):
+            if not (
+                isinstance(s, dict)
+                and set(s) == {"prompt", "output"}
+                and all(isinstance(v, str) for v in s.values())
+            ):
                 errs.append(f"sample {s!r}")
         if not isinstance(body.get("step"), int):
             errs.append("samples step")
@@ -154,7 +166,9 @@ def check_embed(payload: Any) -> list[str]:
         return ["no embeds"]
     errs = []
     for e in payload["embeds"]:
-        total = len(e.get("title", "")) + len(e.get("description", "")) + len(e.get("footer", {}).get("text", ""))
+        total = (
+            len(e.get("title", "")) + len(e.get("description", "")) + len(e.get("footer", {}).get("text", ""))
+        )
         if len(e.get("title", "")) > 256 or len(e.get("description", "")) > 4096:
             errs.append("title/description too long")
         fields = e.get("fields", [])
@@ -434,10 +448,21 @@ class Handler(BaseHTTPRequestHandler):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
         with st.lock:
-            st.record({"kind": "assembled", "uploadId": body["uploadId"], "name": body["name"],
-                       "step": body["step"], "bytes": len(data), "hasTrainingData": "trainingData" in body,
-                       "metricsLines": len(body["metrics"].splitlines()), "config": body["config"]})
-        self._reply(200, {"ok": True, "path": str(out.relative_to(st.dir)), "bytes": len(data), "sha256": digest})
+            st.record(
+                {
+                    "kind": "assembled",
+                    "uploadId": body["uploadId"],
+                    "name": body["name"],
+                    "step": body["step"],
+                    "bytes": len(data),
+                    "hasTrainingData": "trainingData" in body,
+                    "metricsLines": len(body["metrics"].splitlines()),
+                    "config": body["config"],
+                }
+            )
+        self._reply(
+            200, {"ok": True, "path": str(out.relative_to(st.dir)), "bytes": len(data), "sha256": digest}
+        )
 
     def _discord(self, raw: bytes) -> None:
         st = self.state
@@ -445,8 +470,14 @@ class Handler(BaseHTTPRequestHandler):
             if st.discord_429 > 0:
                 st.discord_429 -= 1
                 st.record({"kind": "discord", "status": 429})
-                return self._reply(429, {"message": "You are being rate limited.", "retry_after": st.retry_after,
-                                         "global": False})
+                return self._reply(
+                    429,
+                    {
+                        "message": "You are being rate limited.",
+                        "retry_after": st.retry_after,
+                        "global": False,
+                    },
+                )
             payload = json.loads(raw)
             errs = check_embed(payload)
             st.record({"kind": "discord", "status": 400 if errs else 204, "payload": payload, "errors": errs})
