@@ -136,5 +136,17 @@ def _event_list(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [body["event"]] if body.get("type") == "event" else list(body.get("events", []))
 
 
+def split(message: Message) -> tuple[Message, Message] | None:
+    """A ``metrics``/``events`` message of several records cut in two halves; None otherwise."""
+    _, body = message
+    key = {"metrics": "metrics", "events": "events"}.get(body.get("type", ""))
+    if key is None or len(body[key]) < 2:
+        return None
+    records, run_id = body[key], body["runId"]
+    half = len(records) // 2
+    build = metrics if key == "metrics" else events
+    return build(run_id, records[:half]), build(run_id, records[half:])
+
+
 def batched(records: list[Any], size: int = MAX_BATCH) -> list[list[Any]]:
     return [records[i : i + size] for i in range(0, len(records), size)]

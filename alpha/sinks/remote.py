@@ -342,7 +342,11 @@ class RemoteReporter:
             if exc.retryable:
                 self._on_failure(exc)
                 return False
-            self._reject(path, body, exc)
+            halves = messages.split(message)
+            if halves is None:
+                self._reject(path, body, exc)
+            else:  # one bad record must not cost its whole batch: bisect down to it
+                return all(self._send(client, half) for half in halves)
         self._on_success()
         return not self._abandoned
 
