@@ -20,6 +20,7 @@ HELP = "replay a run directory (metrics, events, samples, spool) to the dashboar
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run directory, e.g. runs/<run id>")
+    p.add_argument("--attempts", type=int, default=5, help="tries per message, with backoff (default 5)")
     p.add_argument("--url-env", default=URL_ENV, help=f"variable holding the server URL (default {URL_ENV})")
     p.add_argument(
         "--secret-env", default=SECRET_ENV, help=f"variable holding the bearer secret (default {SECRET_ENV})"
@@ -34,12 +35,16 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a directory")
+    if args.attempts < 1:
+        raise ConfigError(f"--attempts must be >= 1 (got {args.attempts})")
     settings = RemoteSettings.from_env(args.url_env, args.secret_env)
     if settings is None:
         raise ConfigError(f"set ${args.url_env} and ${args.secret_env} to push to a dashboard server")
     try:
         with ServerClient(settings) as client:
-            summary = replay(run_dir, client, log=lambda line: print(line, file=sys.stderr))
+            summary = replay(
+                run_dir, client, attempts=args.attempts, log=lambda line: print(line, file=sys.stderr)
+            )
     except RemoteError as exc:
         sys.stderr.write(f"alpha push: error: {exc} (nothing is lost: push again when the server is back)\n")
         return EXIT_FAILURE

@@ -169,13 +169,14 @@ def replay(
     run_dir: Path,
     client: ServerClient,
     *,
+    attempts: int = ATTEMPTS,
     log: Callable[[str], None] = lambda _: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> ReplaySummary:
     """Send the whole run; raises RemoteError when the server keeps failing or rejects a message."""
     summary, plan_messages = plan(run_dir)
     for path, body in plan_messages:
-        _send(client, path, body, sleep)
+        _send(client, path, body, attempts, sleep)
         kind = body.get("type", "complete")
         count = len(body.get("metrics") or body.get("events") or [None])
         summary.counts[kind] = summary.counts.get(kind, 0) + count
@@ -186,12 +187,14 @@ def replay(
     return summary
 
 
-def _send(client: ServerClient, path: str, body: dict[str, Any], sleep: Callable[[float], None]) -> None:
-    for attempt in range(1, ATTEMPTS + 1):
+def _send(
+    client: ServerClient, path: str, body: dict[str, Any], attempts: int, sleep: Callable[[float], None]
+) -> None:
+    for attempt in range(1, attempts + 1):
         try:
             client.post_json(path, body)
             return
         except RemoteError as exc:
-            if not exc.retryable or attempt == ATTEMPTS:
+            if not exc.retryable or attempt == attempts:
                 raise
             sleep(min(30.0, 2.0 ** (attempt - 1)))

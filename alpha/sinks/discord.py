@@ -36,6 +36,7 @@ GREEN, ORANGE, BLUE, AMBER, RED, GREY = 0x00C853, 0xFF9800, 0x2196F3, 0xFFC107, 
 TITLE_MAX, DESCRIPTION_MAX, FIELDS_MAX, FIELD_NAME_MAX, FIELD_VALUE_MAX = 256, 4096, 25, 256, 1024
 FOOTER_MAX, EMBED_TOTAL_MAX = 2048, 6000
 SAMPLE_OUTPUT_CHARS = 300  # per prompt, as the reference
+PROMPT_CHARS = 100  # in a field name, so that many prompts still fit the 6000-character total
 EMPTY = "\u200b"  # Discord rejects empty field names and values
 
 
@@ -162,14 +163,14 @@ def start_embed(event: RunStart) -> dict[str, Any]:
 
 
 def samples_embed(event: Samples, run_id: str) -> dict[str, Any]:
+    trend = event.trend or {}
+    room = FIELDS_MAX - (1 if trend.get("summary") else 0)
     fields = []
-    for i, sample in enumerate(event.samples, start=1):
+    for i, sample in enumerate(event.samples[:room], start=1):
         output = sample.get("output", "")
         shown = output[:SAMPLE_OUTPUT_CHARS] + ("..." if len(output) > SAMPLE_OUTPUT_CHARS else "")
-        fields.append(
-            _field(f'Prompt {i}: "{sample.get("prompt", "")}"', code_block(shown, FIELD_VALUE_MAX), False)
-        )
-    trend = event.trend or {}
+        prompt = truncate(sample.get("prompt", ""), PROMPT_CHARS)
+        fields.append(_field(f'Prompt {i}: "{prompt}"', code_block(shown, FIELD_VALUE_MAX), False))
     if trend.get("summary"):
         window = f"window {trend.get('windowStartStep')}->{trend.get('windowEndStep')}"
         fields.append(_field("Training Status", f"{trend['summary']}\n{window}", False))
