@@ -19,6 +19,7 @@ auth/rate limits) is never retried; it is kept in ``remote-rejected.jsonl`` for 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import queue
@@ -291,7 +292,7 @@ class RemoteReporter:
             self._start_sent = True
             self._pop(lambda: setattr(self, "_start", None))
         while self._events:
-            batch = list(self._events)[:MAX_BATCH]
+            batch = list(itertools.islice(self._events, MAX_BATCH))
             if not self._send(client, messages.events(self.run_id, batch)):
                 return
             self._pop(lambda n=len(batch): [self._events.popleft() for _ in range(n)])
@@ -301,7 +302,7 @@ class RemoteReporter:
             self._pop(self._samples.popleft)
         flush_due = closing or time.monotonic() - self._last_flush >= self.options.flush_seconds
         while self._metrics and (flush_due or len(self._metrics) >= self.options.batch_size):
-            batch = list(self._metrics)[:MAX_BATCH]
+            batch = list(itertools.islice(self._metrics, MAX_BATCH))
             self._last_flush = time.monotonic()
             if not self._send(client, messages.metrics(self.run_id, batch)):
                 return
