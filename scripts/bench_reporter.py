@@ -153,6 +153,65 @@ def overhead(args: argparse.Namespace) -> None:
     hanging.stop()
 
 
+STEP_RECORD = {
+    "loss": 4.2,
+    "lr": 6e-4,
+    "gradNorm": 0.9,
+    "elapsed_ms": 30.0,
+    "tokens_per_sec": 4000.0,
+    "ms_per_iter": 30.0,
+    "clip_coef": 1.0,
+    "clip_pct": 0.0,
+    "tokens": 0,
+}
+
+
+def cost(args: argparse.Namespace) -> None:
+    from alpha.events import EventBus, Step
+    from alpha.remote.credentials import RemoteSettings
+    from alpha.sinks.remote import RemoteReporter, ReporterOptions
+
+    hanging, live = Server(hang=True), Server()
+    servers = {
+        "no reporter": None,
+        "dead server": f"http://127.0.0.1:{dead_port()}",
+        "hanging server": hanging.url,
+        "live server": live.url,
+    }
+    interval = args.interval_ms / 1000
+    for name, url in servers.items():
+        bus, reporter = EventBus(), None
+        if url is not None:
+            run_dir = Path(tempfile.mkdtemp(prefix="bench-cost-"))
+            options = ReporterOptions(drain_seconds=1.0)
+            reporter = RemoteReporter(RemoteSettings(url, "bench-secret"), run_dir, options)
+            bus.add(reporter)
+            clock = time.pthread_getcpuclockid(reporter._thread.ident)  # the reporter thread's CPU clock
+            thread_cpu0 = time.clock_gettime(clock)
+        emit_times = []
+        start = time.perf_counter()
+        for n in range(1, args.steps + 1):
+            event = Step(step=n, metrics={"step": n, **STEP_RECORD})
+            t0 = time.perf_counter()
+            bus.emit(event)
+            emit_times.append(time.perf_counter() - t0)
+            ahead = n * interval - (time.perf_counter() - start)
+            if ahead > 0:
+                time.sleep(ahead)
+        thread_cpu = time.clock_gettime(clock) - thread_cpu0 if reporter is not None else 0.0
+        bus.close()
+        emit_us = statistics.mean(emit_times) * 1e6
+        thread_us = thread_cpu / args.steps * 1e6
+        print(
+            f"{name:15s} emit {emit_us:6.1f} us/step (p99 {sorted(emit_times)[int(0.99 * len(emit_times))] * 1e6:6.1f})"
+            f"  reporter thread CPU {thread_us:6.1f} us/step  total {emit_us + thread_us:6.1f} us/step",
+            flush=True,
+        )
+    hanging.stop()
+    live.stop()
+    print(f"load average {os.getloadavg()}")
+
+
 def throughput(args: argparse.Namespace) -> None:
     from alpha.events import Step
     from alpha.remote.credentials import RemoteSettings
@@ -217,10 +276,15 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p = sub.add_parser("throughput")
     p.add_argument("--seconds", type=float, default=4.0)
+    p = sub.add_parser("cost")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--interval-ms", type=float, default=5.0)
     p = sub.add_parser("serve", help="(internal) the counting server")
     p.add_argument("--hang", action="store_true")
     args = parser.parse_args()
-    {"overhead": overhead, "throughput": throughput}.get(args.what, lambda a: serve_forever(a.hang))(args)
+    {"overhead": overhead, "cost": cost, "throughput": throughput}.get(
+        args.what, lambda a: serve_forever(a.hang)
+    )(args)
 
 
 if __name__ == "__main__":

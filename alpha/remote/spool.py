@@ -50,6 +50,7 @@ class Spool:
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
         self._offset = 0  # bytes already handed to the sender
+        self._size = path.stat().st_size if path.is_file() else 0  # tracked, so checks need no syscall
 
     def append(self, messages: Iterable[Message]) -> int:
         lines = [
@@ -62,18 +63,20 @@ class Spool:
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("a", encoding="utf-8")
-            self._file.write("".join(lines))
+            data = "".join(lines)
+            self._file.write(data)
             self._file.flush()
+            self._size += len(data.encode("utf-8"))
         return len(lines)
 
     def has_unsent(self) -> bool:
         with self._lock:
-            return self._size() > self._offset
+            return self._size > self._offset
 
     def read(self, max_messages: int) -> tuple[list[Message], int]:
         """Up to ``max_messages`` unsent messages and the offset to ``commit`` once they are sent."""
         with self._lock:
-            if self._size() <= self._offset:
+            if self._size <= self._offset:
                 return [], self._offset
             out: list[Message] = []
             with self.path.open("rb") as f:
@@ -93,12 +96,12 @@ class Spool:
         """Mark everything before ``offset`` delivered; empty the file once all of it is."""
         with self._lock:
             self._offset = max(self._offset, offset)
-            if self._offset >= self._size():
+            if self._offset >= self._size:
                 if self._file is not None:
                     self._file.truncate(0)  # append mode: later writes land at the new end
                 elif self.path.exists():
                     self.path.write_bytes(b"")
-                self._offset = 0
+                self._offset = self._size = 0
 
     def remove_if_empty(self) -> None:
         with self._lock:
@@ -107,9 +110,3 @@ class Spool:
                 self._file = None
             if self.path.is_file() and self.path.stat().st_size == 0:
                 self.path.unlink()
-
-    def _size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except FileNotFoundError:
-            return 0

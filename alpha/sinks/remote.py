@@ -38,7 +38,7 @@ from alpha.errors import ConfigError
 from alpha.events import Event, RunEnd, RunStart, Samples, Step
 from alpha.remote import messages
 from alpha.remote.client import RemoteError, ServerClient, default_timeout
-from alpha.remote.credentials import RemoteSettings
+from alpha.remote.credentials import RemoteSettings, describe, redact
 from alpha.remote.messages import MAX_BATCH, Message
 from alpha.remote.spool import SPOOL_NAME, Spool
 
@@ -52,6 +52,7 @@ class ReporterOptions:
 
     batch_size: int = 10
     flush_seconds: float = 30.0
+    min_flush_seconds: float = 1.0  # a fast run sends one larger batch a second, not one per 10 steps
     heartbeat_seconds: float = 60.0
     queue_size: int = 10_000  # events between the trainer and the sender thread
     max_buffered: int = 5_000  # messages held in memory while the server is away; then spooled
@@ -127,6 +128,8 @@ class RemoteReporter:
         self._failures_in_row = 0
         self._error_count = 0
         self._closing = threading.Event()
+        self._wake = threading.Event()  # set by handle() when the sender has work to pick up
+        self._wake_threshold = self.options.batch_size
         self._abandoned = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="alpha-remote-reporter", daemon=True)
@@ -142,6 +145,9 @@ class RemoteReporter:
             return
         try:
             self._queue.put_nowait(event)
+            # Wake the sender per batch, not per step: each wake-up costs the trainer GIL time.
+            if not isinstance(event, Step) or self._queue.qsize() >= self._wake_threshold:
+                self._wake.set()
         except queue.Full:
             # The sender is stuck (a hanging request). Rather than wait, move the oldest queued event
             # to the spool on disk; the newest (perhaps the RunEnd) still reaches the sender.
@@ -160,8 +166,7 @@ class RemoteReporter:
             return
         self._closed = True
         self._closing.set()
-        with contextlib.suppress(queue.Full):
-            self._queue.put_nowait(None)  # wake the sender
+        self._wake.set()
         self._thread.join(self.options.drain_seconds)
         if self._thread.is_alive():
             self._abandon()
@@ -228,30 +233,30 @@ class RemoteReporter:
         client = self._client_factory(self._settings, default_timeout(self.options.timeout_seconds))
         try:
             while True:
-                self._collect(self._wait_seconds())
+                self._wake.wait(self._wait_seconds())
+                self._wake.clear()
+                self._collect()
                 if self._abandoned:
                     return
                 if time.monotonic() >= self._retry_at:
                     self._send_due(client)
+                # While the server is away, wake only when the queue fills up (or on a deadline).
+                healthy = self._failures_in_row == 0
+                self._wake_threshold = self.options.batch_size if healthy else self.options.queue_size // 2
                 if self._closing.is_set() and self._all_delivered():
                     return
         except Exception as exc:  # a bug here must not take the run down; the spool keeps the data
-            self._say(f"sender stopped: {type(exc).__name__}: {exc}")
+            self._say(f"sender stopped: {describe(exc)}")
         finally:
             client.close()
 
-    def _collect(self, timeout: float) -> None:
+    def _collect(self) -> None:
         items: list[Event] = []
-        try:
-            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+        with contextlib.suppress(queue.Empty):
             while True:
+                item = self._queue.get_nowait()
                 if item is not None:
                     items.append(item)
-                if len(items) >= self.options.queue_size:
-                    break
-                item = self._queue.get_nowait()
-        except queue.Empty:
-            pass
         if not items:
             return
         with self._lock:
@@ -262,17 +267,16 @@ class RemoteReporter:
             self._spill_excess()
 
     def _wait_seconds(self) -> float:
+        """Until the next thing falls due: a flush, a heartbeat, a retry; at most 1 s."""
         now = time.monotonic()
         if self._closing.is_set():
             return max(0.0, min(self._retry_at - now, 0.05))
         deadlines = [self._next_heartbeat]
         if self._metrics:
             deadlines.append(self._last_flush + self.options.flush_seconds)
-        if self._start or self._events or self._samples or len(self._metrics) >= self.options.batch_size:
-            deadlines.append(self._retry_at)
-        elif self._retry_at <= now and self.spool.has_unsent():
-            deadlines.append(now)
-        elif self.spool.has_unsent():
+        if len(self._metrics) >= self.options.batch_size:
+            deadlines.append(max(self._retry_at, self._last_flush + self.options.min_flush_seconds))
+        if self._start or self._events or self._samples or self.spool.has_unsent():
             deadlines.append(self._retry_at)
         return min(max(0.0, min(deadlines) - now), 1.0)
 
@@ -300,14 +304,16 @@ class RemoteReporter:
             if not self._send(client, self._samples[0]):
                 return
             self._pop(self._samples.popleft)
-        flush_due = closing or time.monotonic() - self._last_flush >= self.options.flush_seconds
-        while self._metrics and (flush_due or len(self._metrics) >= self.options.batch_size):
-            batch = list(itertools.islice(self._metrics, MAX_BATCH))
+        since = time.monotonic() - self._last_flush
+        full = len(self._metrics) >= self.options.batch_size and since >= self.options.min_flush_seconds
+        if closing or full or since >= self.options.flush_seconds:
             self._last_flush = time.monotonic()
-            if not self._send(client, messages.metrics(self.run_id, batch)):
-                return
-            self._pop(lambda n=len(batch): [self._metrics.popleft() for _ in range(n)])
-            self.stats["metrics_sent"] += len(batch)
+            while self._metrics:  # everything buffered, in batches of at most MAX_BATCH
+                batch = list(itertools.islice(self._metrics, MAX_BATCH))
+                if not self._send(client, messages.metrics(self.run_id, batch)):
+                    return
+                self._pop(lambda n=len(batch): [self._metrics.popleft() for _ in range(n)])
+                self.stats["metrics_sent"] += len(batch)
         if self.spool.has_unsent():
             spooled, offset = self.spool.read(SPOOL_READ_BATCH)
             # A spooled ``complete`` belongs to an earlier process of this run: it is live again.
@@ -404,5 +410,5 @@ class RemoteReporter:
             self.stats["spooled"] += self.spool.append(pending)
 
     def _say(self, text: str) -> None:
-        sys.stderr.write(f"[remote] {text}\n")
+        sys.stderr.write(f"[remote] {redact(text)}\n")
         sys.stderr.flush()
