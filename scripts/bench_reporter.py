@@ -93,11 +93,23 @@ def dead_port() -> int:
         return s.getsockname()[1]  # closed again: connections are refused
 
 
-def train(data: Path, run_dir: Path, iters: int, env: dict[str, str]) -> float:
-    args = [
-        sys.executable,
-        "-m",
-        "alpha",
+def build_trainer(tmp: Path, iters: int):  # noqa: ANN201 (returns a Trainer)
+    """A real Trainer (tiny config, synthetic chat data) with the file sinks a run always has."""
+    import torch
+
+    from alpha.cli import build_parser
+    from alpha.config import domain_for
+    from alpha.data.synth import synth_chat
+    from alpha.events import EventBus
+    from alpha.model.gpt import GPT
+    from alpha.sinks.jsonl import EventsSink, MetricsSink
+    from alpha.train import launch
+    from alpha.train.trainer import RunContext, Trainer
+
+    data = tmp / "chat.txt"
+    data.write_text("\n".join(synth_chat(1500, seed=7)) + "\n")
+    run_dir = tmp / "bench_run"
+    argv = [
         "train",
         "--data",
         str(data),
@@ -108,49 +120,72 @@ def train(data: Path, run_dir: Path, iters: int, env: dict[str, str]) -> float:
         *TINY,
         "--iters",
         str(iters),
-        "--eval-interval",
-        str(iters),
-        "--sample-interval",
-        "0",
         "--run-dir",
         str(run_dir),
+        "--backend",
+        "cpu",
     ]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("ALPHA_REMOTE", "DISCORD"))}
-    subprocess.run(args, env={**full_env, **env}, check=True, capture_output=True, cwd=run_dir.parent)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["ms_per_iter"] for r in records[10:])
+    plan = launch.plan_from_args(build_parser().parse_args(argv))
+    tokenizer = launch.prepare_tokenizer(plan)
+    tokens = launch.prepare_data(plan, tokenizer, show_progress=False)
+    plan.model_cfg.vocab_size = tokenizer.vocab_size
+    run_dir.mkdir(parents=True)
+    bus = EventBus([MetricsSink(run_dir), EventsSink(run_dir)])
+    ctx = RunContext(plan.run_id, run_dir, torch.device("cpu"), None)
+    return Trainer(GPT(plan.model_cfg), plan.train_cfg, tokenizer, tokens, bus, ctx, domain_for("chat"))
 
 
 def overhead(args: argparse.Namespace) -> None:
-    from alpha.data.synth import synth_chat
+    """Interleaved A/B inside one process, so a busy machine slows every condition alike."""
+    import torch
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-reporter-"))
-    data = tmp / "chat.txt"
-    data.write_text("\n".join(synth_chat(1500, seed=7)) + "\n")
-    hanging = Server(hang=True)
-    secret = {"ALPHA_REMOTE_SECRET": "bench-secret"}
-    conditions = {
-        "no reporter": {},
-        "dead server": {"ALPHA_REMOTE_URL": f"http://127.0.0.1:{dead_port()}", **secret},
-        "hanging server": {
-            "ALPHA_REMOTE_URL": hanging.url,
-            "ALPHA_REMOTE_DRAIN_SECONDS": "1",
-            **secret,
-        },
+    from alpha.remote.credentials import RemoteSettings
+    from alpha.sinks.remote import RemoteReporter, ReporterOptions
+
+    # One intra-op thread: a dim-32 model gains nothing from more, and on a shared machine OpenMP
+    # threads spinning against other processes make step times swing by 10-100x.
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    trainer = build_trainer(tmp, iters=10**9)
+    base_sinks = list(trainer.bus.sinks)
+    hanging, live = Server(hang=True), Server()
+    urls = {
+        "dead server": f"http://127.0.0.1:{dead_port()}",
+        "hanging server": hanging.url,
+        "live server": live.url,
     }
-    train(data, tmp / "warmup", 20, {})  # builds the tokenizer and token caches once
-    results: dict[str, list[float]] = {name: [] for name in conditions}
-    for r in range(args.repeats):
-        for name, env in conditions.items():
-            ms = train(data, tmp / f"{name.replace(' ', '_')}_{r}", args.iters, env)
-            results[name].append(ms)
-            print(f"  repeat {r + 1} {name:15s} median step {ms:.2f} ms", flush=True)
-    base = statistics.median(results["no reporter"])
-    for name, values in results.items():
-        med = statistics.median(values)
-        print(f"{name:15s} median of medians {med:.2f} ms/step  ratio {med / base:.3f}  runs {values}")
-    print(f"load average at the end: {os.getloadavg()}")
+    reporters = {
+        name: RemoteReporter(
+            RemoteSettings(url, "bench-secret"),
+            tmp / name.replace(" ", "_"),
+            ReporterOptions(drain_seconds=1.0),
+        )
+        for name, url in urls.items()
+    }
+    conditions = ["no reporter", *reporters]
+    trainer.train_steps(args.block, periodic=False)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in conditions}
+    for r in range(args.rounds):
+        order = conditions[r % len(conditions) :] + conditions[: r % len(conditions)]
+        for name in order:
+            trainer.bus.sinks = base_sinks + ([reporters[name]] if name in reporters else [])
+            t0 = time.perf_counter()
+            trainer.train_steps(args.block, periodic=False)
+            times[name].append((time.perf_counter() - t0) / args.block * 1000)
+    trainer.bus.sinks = base_sinks
+    for reporter in reporters.values():
+        reporter.close()
+    base = times["no reporter"]
+    for name in conditions:
+        ratios = [t / b for t, b in zip(times[name], base, strict=True)]
+        print(
+            f"{name:15s} median step {statistics.median(times[name]):7.3f} ms   "
+            f"median ratio to no reporter {statistics.median(ratios):.3f}   "
+            f"(rounds {args.rounds} x {args.block} steps)"
+        )
     hanging.stop()
+    live.stop()
+    print(f"load average {os.getloadavg()}")
 
 
 STEP_RECORD = {
@@ -202,8 +237,9 @@ def cost(args: argparse.Namespace) -> None:
         bus.close()
         emit_us = statistics.mean(emit_times) * 1e6
         thread_us = thread_cpu / args.steps * 1e6
+        p99 = sorted(emit_times)[int(0.99 * len(emit_times))] * 1e6
         print(
-            f"{name:15s} emit {emit_us:6.1f} us/step (p99 {sorted(emit_times)[int(0.99 * len(emit_times))] * 1e6:6.1f})"
+            f"{name:15s} emit {emit_us:6.1f} us/step (p99 {p99:6.1f})"
             f"  reporter thread CPU {thread_us:6.1f} us/step  total {emit_us + thread_us:6.1f} us/step",
             flush=True,
         )
@@ -272,8 +308,9 @@ def main() -> None:
     )
     sub = parser.add_subparsers(dest="what", required=True)
     p = sub.add_parser("overhead")
-    p.add_argument("--iters", type=int, default=300)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=40)
+    p.add_argument("--block", type=int, default=25, help="steps per measured block")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p = sub.add_parser("throughput")
     p.add_argument("--seconds", type=float, default=4.0)
     p = sub.add_parser("cost")
