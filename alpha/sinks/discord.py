@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from alpha.config import TrainConfig
+from alpha.errors import ConfigError
 from alpha.events import Alert, Event, RunEnd, RunStart, Samples
 from alpha.remote.credentials import WEBHOOK_ENV, describe, redact
 
@@ -250,7 +251,13 @@ def from_env(train: TrainConfig, run_dir: Path | None = None) -> DiscordNotifier
     if not url.startswith(("https://", "http://")):
         sys.stderr.write(f"[discord] ${WEBHOOK_ENV} is not an http(s) URL; Discord notifications are off\n")
         return None
-    spacing = float(os.environ.get("ALPHA_DISCORD_MIN_INTERVAL_SECONDS", "") or 2.0)
+    raw = os.environ.get("ALPHA_DISCORD_MIN_INTERVAL_SECONDS", "") or "2.0"
+    try:
+        spacing = float(raw)
+    except ValueError:
+        raise ConfigError(
+            f"$ALPHA_DISCORD_MIN_INTERVAL_SECONDS must be a number of seconds (got {raw!r})"
+        ) from None
     return DiscordNotifier(url, min_interval=spacing)
 
 

@@ -129,7 +129,6 @@ class RemoteReporter:
         self._error_count = 0
         self._closing = threading.Event()
         self._wake = threading.Event()  # set by handle() when the sender has work to pick up
-        self._wake_threshold = self.options.batch_size
         self._abandoned = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="alpha-remote-reporter", daemon=True)
@@ -145,8 +144,9 @@ class RemoteReporter:
             return
         try:
             self._queue.put_nowait(event)
-            # Wake the sender per batch, not per step: each wake-up costs the trainer GIL time.
-            if not isinstance(event, Step) or self._queue.qsize() >= self._wake_threshold:
+            # Steps do not wake the sender (it wakes on its own at least once a second): every
+            # wake-up makes the training thread wait for the GIL. Other events are rare.
+            if not isinstance(event, Step) or self._queue.qsize() >= self.options.queue_size // 2:
                 self._wake.set()
         except queue.Full:
             # The sender is stuck (a hanging request). Rather than wait, move the oldest queued event
@@ -240,9 +240,6 @@ class RemoteReporter:
                     return
                 if time.monotonic() >= self._retry_at:
                     self._send_due(client)
-                # While the server is away, wake only when the queue fills up (or on a deadline).
-                healthy = self._failures_in_row == 0
-                self._wake_threshold = self.options.batch_size if healthy else self.options.queue_size // 2
                 if self._closing.is_set() and self._all_delivered():
                     return
         except Exception as exc:  # a bug here must not take the run down; the spool keeps the data
