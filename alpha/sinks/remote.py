@@ -146,7 +146,7 @@ class RemoteReporter:
             self._queue.put_nowait(event)
             # Steps do not wake the sender (it wakes on its own at least once a second): every
             # wake-up makes the training thread wait for the GIL. Other events are rare.
-            if not isinstance(event, Step) or self._queue.qsize() >= self.options.queue_size // 2:
+            if not isinstance(event, Step) or self._queue.qsize() >= self.options.queue_size // 4:
                 self._wake.set()
         except queue.Full:
             # The sender is stuck (a hanging request). Rather than wait, move the oldest queued event
@@ -271,7 +271,9 @@ class RemoteReporter:
         deadlines = [self._next_heartbeat]
         if self._metrics:
             deadlines.append(self._last_flush + self.options.flush_seconds)
-        if len(self._metrics) >= self.options.batch_size:
+        if len(self._metrics) >= MAX_BATCH:
+            deadlines.append(self._retry_at)
+        elif len(self._metrics) >= self.options.batch_size:
             deadlines.append(max(self._retry_at, self._last_flush + self.options.min_flush_seconds))
         if self._start or self._events or self._samples or self.spool.has_unsent():
             deadlines.append(self._retry_at)
@@ -302,7 +304,10 @@ class RemoteReporter:
                 return
             self._pop(self._samples.popleft)
         since = time.monotonic() - self._last_flush
-        full = len(self._metrics) >= self.options.batch_size and since >= self.options.min_flush_seconds
+        buffered = len(self._metrics)
+        full = buffered >= MAX_BATCH or (
+            buffered >= self.options.batch_size and since >= self.options.min_flush_seconds
+        )
         if closing or full or since >= self.options.flush_seconds:
             self._last_flush = time.monotonic()
             while self._metrics:  # everything buffered, in batches of at most MAX_BATCH
