@@ -43,9 +43,7 @@ def _checkpoint_file(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from alpha.remote.client import RemoteError, ServerClient
     from alpha.remote.credentials import RemoteSettings
-    from alpha.remote.upload import record_upload, upload_checkpoint, upload_event
 
     if not 1 <= args.chunk_kib <= 1024:
         raise ConfigError(f"--chunk-kib must be between 1 and 1024 (got {args.chunk_kib})")
@@ -53,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     settings = RemoteSettings.from_env(args.url_env, args.secret_env)
     if settings is None:
         raise ConfigError(f"set ${args.url_env} and ${args.secret_env} to upload to a dashboard server")
+
+    from alpha.remote.client import RemoteError, ServerClient  # heavy (httpx, torch): after validation
+    from alpha.remote.upload import record_upload, upload_checkpoint, upload_event
+
     with ServerClient(settings) as client:
         try:
             result = upload_checkpoint(

@@ -32,11 +32,13 @@ def streamed(chat_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
         chat_file,
         run_dir,
         "--iters",
-        "40",
+        "20",
         "--eval-interval",
-        "20",
+        "10",
+        "--eval-iters",
+        "2",
         "--sample-interval",
-        "20",
+        "10",
         "--sample-tokens",
         "12",
         "--log-every",
@@ -53,7 +55,7 @@ def streamed(chat_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_every_ingest_message_validates_and_nothing_is_missing(streamed: Any) -> None:
     server, run_dir, _, state = streamed
     assert state["errors"] == []  # the server checked every message against the reference shapes
-    assert state["metrics"]["streamed_run"] == list(range(1, 41))
+    assert state["metrics"]["streamed_run"] == list(range(1, 21))
     assert state["duplicates"] == 0
     local = read_jsonl(run_dir / "metrics.jsonl")
     assert state["metric_records"]["streamed_run"] == local  # the same records as metrics.jsonl
@@ -61,7 +63,7 @@ def test_every_ingest_message_validates_and_nothing_is_missing(streamed: Any) ->
     (start,) = state["run_starts"]
     assert start["runId"] == "streamed_run" and start["domain"] == "chat"
     assert set(start["infra"]) == INFRA_KEYS and start["infra"]["cpuCount"] == os.cpu_count()
-    assert start["modelConfig"]["nEmbd"] == 32 and start["trainConfig"]["iters"] == 40
+    assert start["modelConfig"]["nEmbd"] == 32 and start["trainConfig"]["iters"] == 20
     assert start["totalParams"] > 0
 
     kinds = [e["kind"] for e in state["events"]["streamed_run"]]
@@ -78,11 +80,11 @@ def test_every_ingest_message_validates_and_nothing_is_missing(streamed: Any) ->
         assert kind in kinds, kind
 
     samples = state["samples"]["streamed_run"]
-    assert [s["step"] for s in samples] == [20, 40]
-    assert samples[1]["trend"]["windowEndStep"] == 40 and len(samples[1]["samples"]) == 3
-    assert state["heartbeats"] and state["heartbeats"][-1]["step"] <= 40
+    assert [s["step"] for s in samples] == [10, 20]
+    assert samples[1]["trend"]["windowEndStep"] == 20 and len(samples[1]["samples"]) == 3
+    assert state["heartbeats"] and state["heartbeats"][-1]["step"] <= 20
     assert state["completes"] == [
-        {"runId": "streamed_run", "finalStep": 40, "status": "completed", "reason": ""}
+        {"runId": "streamed_run", "finalStep": 20, "status": "completed", "reason": ""}
     ]
     # complete is the last ingest call, after the upload's event
     ingest = [r for r in state["requests"] if r["kind"] in ("ingest", "complete")]
@@ -93,19 +95,19 @@ def test_every_ingest_message_validates_and_nothing_is_missing(streamed: Any) ->
 def test_upload_final_sends_the_stripped_checkpoint(streamed: Any) -> None:
     server, run_dir, result, state = streamed
     (assembled,) = state["assembled"]  # the server verified sha256 and that optim.* is gone
-    assert assembled["name"] == "streamed_run" and assembled["step"] == 40
-    assert assembled["hasTrainingData"] and assembled["metricsLines"] == 40
+    assert assembled["name"] == "streamed_run" and assembled["step"] == 20
+    assert assembled["hasTrainingData"] and assembled["metricsLines"] == 20
     assert assembled["config"]["runId"] == "streamed_run"
     uploaded = [e for e in read_jsonl(run_dir / "events.jsonl") if e["kind"] == "checkpoint_uploaded"]
     assert uploaded and uploaded[0]["payload"]["inferenceBytes"] < uploaded[0]["payload"]["fullBytes"]
     assert (
-        server.dir / "outputs" / "streamed_run" / "checkpoint-40.safetensors"
+        server.dir / "outputs" / "streamed_run" / "checkpoint-20.safetensors"
     ).stat().st_size == assembled["bytes"]
     assert not list(run_dir.glob("*.upload.json"))
 
 
 def test_discord_gets_embeds_and_429_retry_after_is_honoured(streamed: Any) -> None:
-    _, _, _, state = streamed
+    _, run_dir, _, state = streamed
     posts = state["discord"]
     assert posts[0]["status"] == 429
     assert posts[1]["t"] - posts[0]["t"] >= 0.6  # retry_after was 0.6 s
@@ -114,8 +116,8 @@ def test_discord_gets_embeds_and_429_retry_after_is_honoured(streamed: Any) -> N
     titles = [p["payload"]["embeds"][0]["title"] for p in delivered]
     assert titles == [
         "🚀 Training Started",
+        "📝 Inference Samples (Step 10)",
         "📝 Inference Samples (Step 20)",
-        "📝 Inference Samples (Step 40)",
         "✅ Training Complete",
     ]
     start, sample, _, end = (p["payload"]["embeds"][0] for p in delivered)
@@ -130,9 +132,9 @@ def test_discord_gets_embeds_and_429_retry_after_is_honoured(streamed: Any) -> N
         "```"
     )
     end_fields = {f["name"]: f["value"] for f in end["fields"]}
-    assert (
-        end_fields["Final Step"] == "40/40" and end_fields["Best Checkpoint"] == "`checkpoint-40.safetensors`"
-    )
+    (run_end,) = [e for e in read_jsonl(run_dir / "events.jsonl") if e["kind"] == "training_complete"]
+    best = Path(run_end["payload"]["bestCheckpoint"]).name
+    assert end_fields["Final Step"] == "20/20" and end_fields["Best Checkpoint"] == f"`{best}`"
     for name in ("Train Loss", "Val Loss", "Time", "Tokens/s"):
         assert end_fields[name] not in ("", "n/a"), name
 
@@ -151,14 +153,16 @@ def test_server_dying_mid_run_and_coming_back_loses_no_metric(
     chat_file: Path, dashboard: Dashboard, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "runs" / "outage_run"
-    iters = 80
+    iters = 40
     args = tiny_train_args(
         chat_file,
         run_dir,
         "--iters",
         str(iters),
+        "--eval-iters",
+        "2",
         "--eval-interval",
-        "40",
+        "20",
         "--sample-interval",
         "0",
         "--log-every",
@@ -174,6 +178,8 @@ def test_server_dying_mid_run_and_coming_back_loses_no_metric(
     )
     try:
         wait_for(lambda: dashboard.state()["metrics"].get("outage_run"), timeout=120)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+        assert not any(value in cmdline for value in dashboard.credentials)  # nothing secret in argv
         dashboard.kill()
         metrics = run_dir / "metrics.jsonl"
         at_kill = len(metrics.read_text().splitlines())
@@ -208,11 +214,13 @@ def test_hanging_server_never_blocks_training_then_push_replays_idempotently(
         chat_file,
         run_dir,
         "--iters",
-        "30",
+        "20",
+        "--eval-iters",
+        "2",
         "--eval-interval",
-        "15",
+        "10",
         "--sample-interval",
-        "15",
+        "10",
         "--sample-tokens",
         "8",
     )
@@ -230,13 +238,13 @@ def test_hanging_server_never_blocks_training_then_push_replays_idempotently(
     wait_for(lambda: dashboard.state()["mode"] == "ok")
     pushed = run_alpha("push", str(run_dir), env=env)
     assert pushed.returncode == 0, pushed.stderr
-    assert "30 metrics" in pushed.stdout and "status completed at step 30" in pushed.stdout
+    assert "20 metrics" in pushed.stdout and "status completed at step 20" in pushed.stdout
     state = dashboard.state()
-    assert state["metrics"]["hang_run"] == list(range(1, 31)) and state["errors"] == []
-    assert [s["step"] for s in state["samples"]["hang_run"]] == [15, 30]
+    assert state["metrics"]["hang_run"] == list(range(1, 21)) and state["errors"] == []
+    assert [s["step"] for s in state["samples"]["hang_run"]] == [10, 20]
     assert state["completes"][-1] == {
         "runId": "hang_run",
-        "finalStep": 30,
+        "finalStep": 20,
         "status": "completed",
         "reason": "",
     }
@@ -247,7 +255,7 @@ def test_hanging_server_never_blocks_training_then_push_replays_idempotently(
     assert again.returncode == 0, again.stderr
     state = dashboard.state()
     assert (
-        state["metrics"]["hang_run"] == list(range(1, 31))
+        state["metrics"]["hang_run"] == list(range(1, 21))
         and len(state["events"]["hang_run"]) == events_before
     )
     assert_no_credentials([run_dir], dashboard.credentials)
@@ -267,7 +275,7 @@ def test_hanging_server_never_blocks_training_then_push_replays_idempotently(
     crashed = run_alpha("push", str(run_dir), env=env)
     assert crashed.returncode == 0, crashed.stderr
     last = dashboard.state()["completes"][-1]
-    assert last["status"] == "failed" and last["finalStep"] == 30 and "training_complete" in last["reason"]
+    assert last["status"] == "failed" and last["finalStep"] == 20 and "training_complete" in last["reason"]
 
     (run_dir / "train.pid").write_text(json.dumps({"pid": os.getpid(), "host": os.uname().nodename}))
     live = run_alpha("push", str(run_dir), env=env)  # a live run is the reporter's job, not push's

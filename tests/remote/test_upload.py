@@ -127,12 +127,8 @@ def test_bad_input_is_one_line_and_exit_2(
 
 def test_push_to_an_unreachable_server_fails_in_one_line_without_credentials(run_dir: Path) -> None:
     secret, url = "push-secret-" + "q" * 16, "http://127.0.0.1:9"
-    result = run_alpha(
-        "push",
-        str(run_dir),
-        env={"ALPHA_REMOTE_URL": url, "ALPHA_REMOTE_SECRET": secret, "ALPHA_PUSH_ATTEMPTS": "1"},
-        timeout=120,
-    )
+    env = {"ALPHA_REMOTE_URL": url, "ALPHA_REMOTE_SECRET": secret}
+    result = run_alpha("push", str(run_dir), "--attempts", "2", env=env, timeout=120)
     assert result.returncode == 1 and "push again" in result.stderr
     assert secret not in result.stderr + result.stdout and "127.0.0.1:9" not in result.stderr
     assert "Traceback" not in result.stderr
