@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "sample": "alpha.commands.sample",
     "bench": "alpha.commands.bench",
     "data": "alpha.commands.data",
+    "diagnose": "alpha.commands.diagnose",
+    "serve": "alpha.commands.serve",
     "push": "alpha.commands.push",
     "upload": "alpha.commands.upload",
 }

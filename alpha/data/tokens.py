@@ -99,6 +99,11 @@ def prepare_tokens(
     if not (target / "meta.json").exists():
         _build_cache(target, data, val, domain, tokenizer, show_progress)
     meta = json.loads((target / "meta.json").read_text())
+    if not meta["train_tokens"]:
+        raise ConfigError(
+            f"the training split of {data_path} is empty: all {meta['val_documents']} document(s) went to "
+            "validation (are they identical?); add more varied data or pass --val-data"
+        )
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(target / "train.bin", dtype=dtype, mode="r")
     valt = np.memmap(target / "val.bin", dtype=dtype, mode="r") if meta["val_tokens"] else np.zeros(0, dtype)
@@ -193,8 +198,12 @@ class BatchSource:
         self.stream = stream
         self._offsets = np.arange(block + 1)
 
-    def batch(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def windows(self, key: tuple[int, ...]) -> np.ndarray:
+        """(batch, block + 1) int64 token windows; inputs are [:, :-1], targets [:, 1:]."""
         rng = np.random.default_rng([self.seed, self.stream, *key])
         starts = rng.integers(0, len(self.tokens) - self.block - 1, size=self.batch_size, endpoint=True)
-        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        return self.tokens[starts[:, None] + self._offsets].astype(np.int64)
+
+    def batch(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = torch.from_numpy(self.windows(key))
         return windows[:, :-1], windows[:, 1:]

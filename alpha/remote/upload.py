@@ -296,8 +296,11 @@ def upload_final_checkpoint(
             raise ConfigError("ALPHA_REMOTE_URL and ALPHA_REMOTE_SECRET are not set")
         with ServerClient(settings) as client:
             result = upload_checkpoint(client, checkpoint, run_id=None)
-    except (RemoteError, ConfigError, OSError) as exc:
-        error = str(exc) if isinstance(exc, (RemoteError, ConfigError)) else describe(exc)
+    except (RemoteError, ConfigError, OSError, KeyboardInterrupt) as exc:
+        if isinstance(exc, KeyboardInterrupt):
+            error = "interrupted"
+        else:
+            error = str(exc) if isinstance(exc, (RemoteError, ConfigError)) else describe(exc)
         log(f"  [upload] failed: {error} (resume with: alpha upload {checkpoint})")
         bus.emit(upload_event(end.step, None, error))
         return None

@@ -44,6 +44,7 @@ from alpha.data.tokenizer import (
 from alpha.data.tokens import TokenData, prepare_tokens, training_texts
 from alpha.errors import EXIT_FAILURE, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_UNHEALTHY, ConfigError
 from alpha.events import Alert, EventBus, RunEnd, RunStart, Sink
+from alpha.health.watchdog import Watchdog
 from alpha.model.gpt import GPT
 from alpha.remote.upload import check_upload_final, upload_final_checkpoint
 from alpha.sinks.discord import from_env as discord_sink
@@ -249,15 +250,17 @@ def prepare_data(plan: RunPlan, tokenizer: BpeTokenizer | CharTokenizer, show_pr
 def build_sinks(plan: RunPlan, bus: EventBus) -> list[Sink]:
     """The outputs of a run (rank 0 only). New outputs are added here, never in the trainer."""
     log_path = plan.run_dir.parent / f"train_{plan.run_id}.log"
+    cfg, run_dir = plan.train_cfg, plan.run_dir
     sinks: list[Sink] = [
         LogFileSink(log_path),
         ConsoleSink(),
         MetricsSink(plan.run_dir),
         EventsSink(plan.run_dir),
     ]
-    # Network outputs last: closing them may wait (bounded) for delivery after the files are done.
-    cfg, run_dir = plan.train_cfg, plan.run_dir
+    # After the files: closing a network output may wait (bounded) for delivery.
     sinks += [s for s in (remote_sink(cfg, run_dir), discord_sink(cfg, run_dir)) if s is not None]
+    # last, so that its alerts follow the step that raised them in every other output
+    sinks.append(Watchdog(bus, action=plan.train_cfg.on_unhealthy))
     return sinks
 
 
@@ -350,6 +353,8 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
     device = resolve_device(cfg, local_rank)
     if cfg.compile is None:
         cfg.compile = device.type == "cuda"
+    if cfg.cuda_graphs is None:
+        cfg.cuda_graphs = device.type == "cuda" and cfg.compile
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -413,6 +418,11 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
             _report_failure(bus, trainer, exc)
             bus.close()
             raise
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if trainer.graphed is not None:
+                trainer.graphed.release()
         if cfg.upload_final and rank == 0:
             upload_final_checkpoint(end, bus)
         bus.close()
