@@ -101,7 +101,6 @@ class RemoteReporter:
         options: ReporterOptions | None = None,
         *,
         run_id: str | None = None,
-        client_factory: Callable[[RemoteSettings, Any], ServerClient] = ServerClient,
     ) -> None:
         self.options = options or ReporterOptions()
         self.run_dir = Path(run_dir)
@@ -109,8 +108,7 @@ class RemoteReporter:
         self.spool = Spool(self.run_dir / SPOOL_NAME)
         self.stats = {"requests": 0, "failures": 0, "metrics_sent": 0, "spooled": 0, "rejected": 0}
         self._settings = settings
-        self._client_factory = client_factory
-        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=self.options.queue_size)
+        self._queue: queue.Queue[Event] = queue.Queue(maxsize=self.options.queue_size)
         # Buffers, shared between the sender thread and close(); guarded by _lock.
         self._lock = threading.Lock()
         self._start: Message | None = None
@@ -153,8 +151,7 @@ class RemoteReporter:
             # to the spool on disk; the newest (perhaps the RunEnd) still reaches the sender.
             with contextlib.suppress(queue.Empty):
                 oldest = self._queue.get_nowait()
-                if oldest is not None:
-                    self.stats["spooled"] += self.spool.append(self._event_messages(oldest))
+                self.stats["spooled"] += self.spool.append(self._event_messages(oldest))
             with contextlib.suppress(queue.Full):
                 self._queue.put_nowait(event)
                 return
@@ -230,7 +227,7 @@ class RemoteReporter:
 
     # ------------------------------------------------------------------ sender thread
     def _run(self) -> None:
-        client = self._client_factory(self._settings, default_timeout(self.options.timeout_seconds))
+        client = ServerClient(self._settings, default_timeout(self.options.timeout_seconds))
         try:
             while True:
                 self._wake.wait(self._wait_seconds())
@@ -251,9 +248,7 @@ class RemoteReporter:
         items: list[Event] = []
         with contextlib.suppress(queue.Empty):
             while True:
-                item = self._queue.get_nowait()
-                if item is not None:
-                    items.append(item)
+                items.append(self._queue.get_nowait())
         if not items:
             return
         with self._lock:
@@ -390,13 +385,9 @@ class RemoteReporter:
         """
         with self._lock:
             self._abandoned = True
-            while True:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is not None:
-                    self._absorb(item)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self._absorb(self._queue.get_nowait())
             pending: list[Message] = [self._start] if self._start is not None else []
             events = list(self._events)
             pending += [messages.events(self.run_id, b) for b in messages.batched(events)]
