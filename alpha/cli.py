@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "data": "alpha.commands.data",
     "diagnose": "alpha.commands.diagnose",
     "serve": "alpha.commands.serve",
+    "push": "alpha.commands.push",
+    "upload": "alpha.commands.upload",
 }
 
 

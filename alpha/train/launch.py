@@ -46,8 +46,11 @@ from alpha.errors import EXIT_FAILURE, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_
 from alpha.events import Alert, EventBus, RunEnd, RunStart, Sink
 from alpha.health.watchdog import Watchdog
 from alpha.model.gpt import GPT
+from alpha.remote.upload import check_upload_final, upload_final_checkpoint
+from alpha.sinks.discord import from_env as discord_sink
 from alpha.sinks.jsonl import EventsSink, MetricsSink
 from alpha.sinks.logfile import ConsoleSink, LogFileSink
+from alpha.sinks.remote import from_env as remote_sink
 from alpha.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from alpha.train.trainer import RunContext, Trainer
 
@@ -247,14 +250,18 @@ def prepare_data(plan: RunPlan, tokenizer: BpeTokenizer | CharTokenizer, show_pr
 def build_sinks(plan: RunPlan, bus: EventBus) -> list[Sink]:
     """The outputs of a run (rank 0 only). New outputs are added here, never in the trainer."""
     log_path = plan.run_dir.parent / f"train_{plan.run_id}.log"
-    return [
+    cfg, run_dir = plan.train_cfg, plan.run_dir
+    sinks: list[Sink] = [
         LogFileSink(log_path),
         ConsoleSink(),
         MetricsSink(plan.run_dir),
         EventsSink(plan.run_dir),
-        # last, so that its alerts follow the step that raised them in every other output
-        Watchdog(bus, action=plan.train_cfg.on_unhealthy),
     ]
+    # After the files: closing a network output may wait (bounded) for delivery.
+    sinks += [s for s in (remote_sink(cfg, run_dir), discord_sink(cfg, run_dir)) if s is not None]
+    # last, so that its alerts follow the step that raised them in every other output
+    sinks.append(Watchdog(bus, action=plan.train_cfg.on_unhealthy))
+    return sinks
 
 
 def attach_components(trainer: Trainer, plan: RunPlan) -> None:
@@ -342,6 +349,7 @@ def train_from_args(args: argparse.Namespace) -> int:
 
 def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> int:
     cfg = plan.train_cfg
+    check_upload_final(cfg.upload_final, cfg.remote)
     device = resolve_device(cfg, local_rank)
     if cfg.compile is None:
         cfg.compile = device.type == "cuda"
@@ -415,6 +423,8 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if trainer.graphed is not None:
                 trainer.graphed.release()
+        if cfg.upload_final and rank == 0:
+            upload_final_checkpoint(end, bus)
         bus.close()
     return exit_code(end, trainer.stop_signal, bus.stop_request.exit_code if bus.stop_request else None)
 
