@@ -43,14 +43,24 @@ def main() -> None:
     model_cfg.vocab_size = 4000
     tokens = np.random.default_rng(0).integers(0, 4000, 2_000_000).astype(np.uint16)
     ctx = RunContext("prof", Path(tempfile.mkdtemp()), torch.device("cuda"), torch.bfloat16)
-    trainer = Trainer(GPT(model_cfg), cfg, _Tok(), TokenData(tokens, tokens[:100_000], {}), EventBus(), ctx,
-                      domain_for("text"))
+    trainer = Trainer(
+        GPT(model_cfg),
+        cfg,
+        _Tok(),
+        TokenData(tokens, tokens[:100_000], {}),
+        EventBus(),
+        ctx,
+        domain_for("text"),
+    )
     if args.compile_mode != "default":
         trainer.forward_model = torch.compile(trainer.model, mode=args.compile_mode)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    backends = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
-                "efficient": SDPBackend.EFFICIENT_ATTENTION}
+    backends = {
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+    }
     if args.sdpa != "default":
         sdpa_kernel(backends[args.sdpa]).__enter__()
     for i in range(8):
@@ -66,7 +76,9 @@ def main() -> None:
     print(f"total kernel time per step: {total / args.steps / 1000:.2f} ms")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
         share = 100 * e.self_device_time_total / total
-        print(f"{e.self_device_time_total / args.steps / 1000:8.3f} ms {share:5.1f}%  x{e.count // args.steps:<4} {e.key[:110]}")
+        print(
+            f"{e.self_device_time_total / args.steps / 1000:8.3f} ms {share:5.1f}%  x{e.count // args.steps:<4} {e.key[:110]}"
+        )
 
 
 if __name__ == "__main__":
