@@ -77,7 +77,8 @@ def main() -> None:
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
         share = 100 * e.self_device_time_total / total
         print(
-            f"{e.self_device_time_total / args.steps / 1000:8.3f} ms {share:5.1f}%  x{e.count // args.steps:<4} {e.key[:110]}"
+            f"{e.self_device_time_total / args.steps / 1000:8.3f} ms {share:5.1f}%  "
+            f"x{e.count // args.steps:<4} {e.key[:110]}"
         )
 
 
