@@ -12,8 +12,9 @@ Four channels, with the reference's alert bits and reason texts:
 Each channel is a tabular (Page) CUSUM on standardized values z = (x - center) / sigma, clipped to
 ±3 so that one outlier cannot raise an alarm alone: S+ <- max(0, S+ + z - k), S- <- max(0, S- - z - k),
 alarm when the watched side exceeds h (``cusumSensitivity``). The baseline is robust and rolling:
-the center is the median of the last ``WINDOW`` samples, sigma the MAD of first differences (which a
-slow trend, such as the grad norm falling during training, does not inflate), floored per channel.
+the center is the median of the last ``WINDOW`` samples (``cusumBaselineWindow`` evals for val),
+sigma the MAD of first differences (which a slow trend, such as the grad norm falling during
+training, does not inflate), floored per channel.
 A channel starts watching after ``cusumBaselineWindow`` samples. After an alarm it re-learns its
 center (the new regime becomes the baseline, so one change gives one alarm). At every candidate
 switch grad and tps re-learn too, because each activation has its own speed and gradient scale
@@ -57,12 +58,16 @@ class Channel:
     warmup: int
     min_sigma: float
     rel_sigma: float = 0.0  # sigma floor relative to |center|
-    window: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    window_len: int = WINDOW
+    window: deque[float] = field(default_factory=deque)
     diffs: deque[float] = field(default_factory=lambda: deque(maxlen=SIGMA_WINDOW))
     previous: float | None = None
     s_up: float = 0.0
     s_down: float = 0.0
     h: float = 4.0
+
+    def __post_init__(self) -> None:
+        self.window = deque(self.window, maxlen=self.window_len)
 
     @property
     def value(self) -> float:
@@ -119,7 +124,7 @@ class Channel:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.window = deque(state["window"], maxlen=WINDOW)
+        self.window = deque(state["window"], maxlen=self.window_len)
         self.diffs = deque(state["diffs"], maxlen=SIGMA_WINDOW)
         self.previous = state["previous"]
         self.s_up, self.s_down = state["s_up"], state["s_down"]
@@ -186,7 +191,8 @@ class CusumMonitor:
             "grad": Channel("both", warmup, min_sigma=0.02, h=sensitivity),
             "clip": ClipChannel("up", warmup, min_sigma=0.0, h=sensitivity),
             "tps": Channel("down", warmup, min_sigma=0.1, h=sensitivity),
-            "val": Channel("up", warmup, min_sigma=1e-3, rel_sigma=2e-3, h=sensitivity),
+            # Few samples (one per eval) on a falling curve: only the recent evals are the baseline.
+            "val": Channel("up", warmup, min_sigma=1e-3, rel_sigma=2e-3, window_len=warmup, h=sensitivity),
         }
         self.pending_val_alert = 0
 

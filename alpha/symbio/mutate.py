@@ -56,9 +56,12 @@ GATE_EXCLUDED = frozenset({"identity", "square"})
 PRUNE_THRESHOLD = 0.05
 MAX_ATTEMPTS = 12
 ZERO: Graph = Scale(Basis("identity"), 0.0)
-# Merged coefficients are rounded this finely: far below any effect on the function, enough to
-# keep 0.15 + 0.21 from printing as 0.36000000000000004 in the JSON.
-_COEF_DIGITS = 10
+
+
+def _tidy(value: float) -> float:
+    """12 significant digits: far below any effect on the function, enough to keep 0.15 + 0.21
+    from being stored as 0.36000000000000004."""
+    return float(f"{value:.12g}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def simplify(graph: Graph) -> Graph:
     if isinstance(graph, Scale):
         child, factor = simplify(graph.child), graph.factor
         if isinstance(child, Scale):
-            factor, child = round(factor * child.factor, _COEF_DIGITS), child.child
+            factor, child = _tidy(factor * child.factor), child.child
         if factor == 0.0 or is_zero(child):
             return ZERO
         if factor == 1.0:
@@ -113,7 +116,7 @@ def simplify(graph: Graph) -> Graph:
         return Mul(left, right)
     merged: dict[Graph, float] = {}  # insertion order keeps the first occurrence's position
     for coef, base in _terms(simplify(graph.left)) + _terms(simplify(graph.right)):
-        merged[base] = round(merged.get(base, 0.0) + coef, _COEF_DIGITS)
+        merged[base] = _tidy(merged.get(base, 0.0) + coef)
     return _from_terms([(coef, base) for base, coef in merged.items() if coef != 0.0])
 
 
