@@ -179,6 +179,12 @@ class TrainConfig:
         wire["optimizer"] = "adamw"
         return wire
 
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        kwargs = {camel_to_snake(k): v for k, v in wire.items() if camel_to_snake(k) in names}
+        return cls(**kwargs)
+
 
 def snake_to_camel(name: str) -> str:
     head, *rest = name.split("_")
@@ -195,17 +201,19 @@ def domain_for(name: str) -> Domain:
     return DOMAINS[name]
 
 
-def resolve(
-    model_flags: dict[str, Any], train_flags: dict[str, Any]
-) -> tuple[ModelConfig, TrainConfig]:
-    """Combine flags (None = not given) with the domain preset and global defaults."""
+def resolve(model_flags: dict[str, Any], train_flags: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
+    """Combine flags (None = not given) with the domain preset and global defaults.
+
+    A peak lr given without ``--lr-min`` gets ``lr / 10`` as its floor, not the preset's floor.
+    """
     domain = domain_for(train_flags.get("domain") or "text")
     model_values = {**domain.model, **{k: v for k, v in model_flags.items() if v is not None}}
-    train_values = {**domain.train, **{k: v for k, v in train_flags.items() if v is not None}}
+    given_train = {k: v for k, v in train_flags.items() if v is not None}
+    train_values = {**domain.train, **given_train}
     train_values["domain"] = domain.name
     model = ModelConfig(**model_values)
     train = TrainConfig(**train_values)
-    if train.lr_min is None:
+    if train.lr_min is None or ("lr" in given_train and "lr_min" not in given_train):
         train.lr_min = train.lr / 10
     if train.warmup_iters is None:
         train.warmup_iters = min(domain.warmup_cap, train.iters // 10)
@@ -221,7 +229,9 @@ def _require(condition: bool, message: str) -> None:
 
 def validate(model: ModelConfig, train: TrainConfig) -> None:
     """Every check that needs no data. Raises ConfigError with a one-line reason."""
-    _require(model.n_embd > 0 and model.n_head > 0 and model.n_layer > 0, "--dim, --heads, --layers must be > 0")
+    _require(
+        model.n_embd > 0 and model.n_head > 0 and model.n_layer > 0, "--dim, --heads, --layers must be > 0"
+    )
     _require(
         model.n_embd % model.n_head == 0,
         f"--dim {model.n_embd} is not divisible by --heads {model.n_head}",
@@ -254,7 +264,10 @@ def validate(model: ModelConfig, train: TrainConfig) -> None:
     _require(train.keep_checkpoints >= 1, "--keep-checkpoints must be >= 1")
     _require(train.backend in BACKENDS, f"--backend {train.backend!r} is not one of {', '.join(BACKENDS)}")
     _require(train.dtype in DTYPES, f"--dtype {train.dtype!r} is not one of {', '.join(DTYPES)}")
-    _require(train.tokenizer in TOKENIZERS, f"--tokenizer {train.tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
+    _require(
+        train.tokenizer in TOKENIZERS,
+        f"--tokenizer {train.tokenizer!r} is not one of {', '.join(TOKENIZERS)}",
+    )
     _require(
         train.tokenizer != "bpe" or 300 <= train.vocab_size <= 65535,
         f"--vocab-size must be in [300, 65535] for byte-level BPE (got {train.vocab_size})",

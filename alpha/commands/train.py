@@ -104,8 +104,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(g, "--eps", type=float, help="AdamW epsilon")
     _flag(g, "--weight-decay", "--weightDecay", type=float, help="decoupled weight decay (matrices only)")
     _flag(g, "--grad-clip", "--gradClip", type=float, help="global-norm clip (0 = off)")
-    _flag(g, "--spike-threshold", "--spikeThreshold", type=float,
-          help="skip the update when grad_norm > X * EMA(grad_norm) (0 = off)")
+    _flag(
+        g,
+        "--spike-threshold",
+        "--spikeThreshold",
+        type=float,
+        help="skip the update when grad_norm > X * EMA(grad_norm) (0 = off)",
+    )
     _flag(g, "--seed", type=int, help="seed for init, data order and dropout")
 
     g = p.add_argument_group("eval, samples, checkpoints")
@@ -123,20 +128,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hardware")
     _flag(g, "--backend", choices=list(BACKENDS), help="auto, cpu, cuda; helios means the GPU")
     _flag(g, "--dtype", choices=list(DTYPES), help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
-    g.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (default: on for CUDA)")
+    g.add_argument(
+        "--compile",
+        dest="compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model (default: on for CUDA)",
+    )
     _flag(g, "--gpus", type=int, help="GPUs on this host (starts torchrun when > 1)")
-    g.add_argument("--fp16", action="store_true", default=None,
-                   help="reference alias: mixed precision (bf16 autocast)")
+    g.add_argument(
+        "--fp16", action="store_true", default=None, help="reference alias: mixed precision (bf16 autocast)"
+    )
 
     g = p.add_argument_group("symbiogenesis, health, reporting")
     g.add_argument("--symbio", action="store_true", default=None, help="run the activation search")
     _flag(g, "--symbio-config", help="symbio JSON config")
     _flag(g, "--on-unhealthy", choices=["warn", "stop"], help="watchdog action (default warn)")
-    g.add_argument("--remote", dest="remote", action=argparse.BooleanOptionalAction, default=None,
-                   help="stream to ALPHA_REMOTE_URL when it and ALPHA_REMOTE_SECRET are set (default on)")
-    g.add_argument("--upload-final", action="store_true", default=None,
-                   help="upload the final checkpoint to the dashboard server")
+    g.add_argument(
+        "--remote",
+        dest="remote",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stream to ALPHA_REMOTE_URL when it and ALPHA_REMOTE_SECRET are set (default on)",
+    )
+    g.add_argument(
+        "--upload-final",
+        action="store_true",
+        default=None,
+        help="upload the final checkpoint to the dashboard server",
+    )
     for name in IGNORED_REFERENCE_FLAGS:
         p.add_argument(f"--{name}", dest=f"ignored_{name}", default=None, nargs="?", help=argparse.SUPPRESS)
 

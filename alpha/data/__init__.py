@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpus reading and splitting, the token cache and batches."""

@@ -1,0 +1,1 @@
+"""The model: the GPT and its FFN activations."""

@@ -1,0 +1,89 @@
+"""FFN activations: a registry of named element-wise activations and the MLP that uses them.
+
+``gelu`` is the tanh approximation (as in GPT-2 and the reference), ``relu2`` is squared ReLU,
+``swiglu`` is gated (``silu(x W_g) * x W_u``). New activations register a factory here; the
+symbiogenesis search registers ``composed`` (an activation graph evaluated as a module). Every
+non-gated activation shares the same ``fc1``/``fc2`` shapes, so swapping the activation of a
+live model never changes a parameter or optimizer tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from alpha.config import ModelConfig
+
+
+class Elementwise(nn.Module):
+    def __init__(self, name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.name = name
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def _relu2(x: torch.Tensor) -> torch.Tensor:
+    return F.relu(x).square()
+
+
+ActivationFactory = Callable[[ModelConfig], nn.Module]
+
+ACTIVATIONS: dict[str, ActivationFactory] = {
+    "gelu": lambda cfg: Elementwise("gelu", _gelu_tanh),
+    "relu": lambda cfg: Elementwise("relu", F.relu),
+    "silu": lambda cfg: Elementwise("silu", F.silu),
+    "relu2": lambda cfg: Elementwise("relu2", _relu2),
+    "swiglu": lambda cfg: Elementwise("silu", F.silu),  # the gate's nonlinearity
+}
+GATED = {"swiglu"}
+
+
+def register_activation(name: str, factory: ActivationFactory) -> None:
+    ACTIVATIONS[name] = factory
+
+
+def make_activation(cfg: ModelConfig) -> nn.Module:
+    try:
+        factory = ACTIVATIONS[cfg.ffn_activation]
+    except KeyError:
+        raise ValueError(f"unknown activation {cfg.ffn_activation!r}") from None
+    return factory(cfg)
+
+
+class MLP(nn.Module):
+    """fc2(act(fc1 x)), or for gated activations fc2(act(x W_g) * x W_u) with fc1 = [W_g; W_u]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.ffn_activation in GATED
+        hidden = cfg.ffn_hidden
+        self.fc1 = nn.Linear(cfg.n_embd, hidden * (2 if self.gated else 1), bias=False)
+        self.fc2 = nn.Linear(hidden, cfg.n_embd, bias=False)
+        self.act = make_activation(cfg)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        return self.dropout(self.fc2(h))
+
+    def describe(self) -> dict[str, Any]:
+        return {"gated": self.gated, "activation": repr(self.act)}

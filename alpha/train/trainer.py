@@ -1,0 +1,558 @@
+"""The training loop: steps, on-device guards, eval, samples, checkpoints, and search primitives.
+
+One optimizer step is: K micro-batches forward/backward under autocast, the global gradient norm,
+then a single fused AdamW call that both clips (``grad_scale``) and skips (``found_inf``) on the
+device. A step is skipped, never applied, when the loss or the gradient norm is not finite, or when
+``--spike-threshold X`` is set and the norm exceeds X times the EMA of accepted norms. Nothing in a
+step reads a value back to the host: per-step losses and norms stay on the device and are read in
+one transfer at each log boundary, where Step events are emitted for every step of the interval.
+
+The trainer knows nothing about files other than checkpoints: it emits events to an EventBus.
+It exposes the primitives that the symbiogenesis search drives: ``snapshot``/``restore``,
+``train_steps`` (with a data key that makes batches identical across calls), ``evaluate`` and
+``set_activation``; and ``components``, whose state rides along in checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from alpha.config import Domain, ModelConfig, TrainConfig, config_hash
+from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
+from alpha.data.tokens import BatchSource, TokenData
+from alpha.events import Alert, CheckpointSaved, Eval, EventBus, RunEnd, Samples, Step
+from alpha.model.gpt import GPT
+from alpha.train.checkpoint import (
+    FORMAT,
+    Checkpoint,
+    Retention,
+    checkpoint_path,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    write_atomic,
+)
+from alpha.train.optim import build_optimizer, lr_at
+from alpha.train.sampling import generate
+from alpha.train.trend import summarize_trend
+
+SPIKE_WARMUP_STEPS = 10  # accepted steps before the spike guard trusts its EMA
+EMA_DECAY = 0.9
+SKIP_EVENTS_IN_FULL = 20  # then every 100th skip of a kind becomes an event
+LOSS_SCALE_GROWTH_INTERVAL = 200  # fp16 only
+
+
+class Stateful(Protocol):
+    """A component (e.g. the symbio search) whose JSON-able state is saved in checkpoints."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class RunContext:
+    run_id: str
+    run_dir: Path
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass
+class Snapshot:
+    step: int
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    guards: dict[str, torch.Tensor]
+
+
+@dataclass
+class StepsSummary:
+    steps: int
+    mean_loss: float
+    tokens_per_sec: float
+
+
+@dataclass
+class _PendingStep:
+    step: int
+    values: torch.Tensor  # [loss, grad_norm, clip_coef, applied, spike, lr]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    def __init__(
+        self,
+        model: GPT,
+        cfg: TrainConfig,
+        tokenizer: BpeTokenizer | CharTokenizer,
+        data: TokenData,
+        bus: EventBus,
+        ctx: RunContext,
+        domain: Domain,
+    ) -> None:
+        self.cfg = cfg
+        self.model_cfg: ModelConfig = model.config
+        self.tokenizer = tokenizer
+        self.bus = bus
+        self.ctx = ctx
+        self.domain = domain
+        self.device = ctx.device
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.forward_model: nn.Module = self._wrap(self.model)
+        block = self.model_cfg.block_size
+        val_batches = BatchSource(
+            data.val, block, cfg.batch_size, cfg.seed, stream=1, name="validation split"
+        )
+        self.train_batches = BatchSource(data.train, block, cfg.batch_size, cfg.seed, stream=0)
+        self.val_windows = [
+            tuple(t.to(self.device) for t in val_batches.batch((i,))) for i in range(cfg.eval_iters)
+        ]
+        self.tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * block * ctx.world_size
+        self.step = 0
+        self.components: dict[str, Stateful] = {}
+        self.driver: Callable[[Trainer], None] | None = None
+        self.stop_signal: int | None = None
+        self.eval_history: list[tuple[int, float, float]] = []
+        self.last_val_loss: float | None = None
+        self.best_val_loss: float | None = None
+        self.last_checkpoint: Path | None = None
+        self.retention = Retention(ctx.run_dir, cfg.keep_checkpoints)
+        self._pending: list[_PendingStep] = []
+        self._mark = time.perf_counter()
+        self._step_seconds = 0.0
+        self._steps_timed = 0
+        self._last_loss: float | None = None
+        self.host_counters = {"clipped": 0, "skipped_spike": 0, "skipped_nonfinite": 0, "steps": 0}
+        self._init_guards()
+
+    # ------------------------------------------------------------------ set-up
+    def _wrap(self, model: GPT) -> nn.Module:
+        wrapped: nn.Module = model
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        if self.ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
+        return wrapped
+
+    def _init_guards(self) -> None:
+        f32 = {"device": self.device, "dtype": torch.float32}
+        fp16 = self.ctx.autocast_dtype == torch.float16
+        self.guards = {
+            "grad_norm_ema": torch.zeros((), **f32),
+            "accepted": torch.zeros((), **f32),
+            "loss_scale": torch.full((), 2.0**15 if fp16 else 1.0, **f32),
+            "good_steps": torch.zeros((), **f32),
+        }
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.ctx.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.ctx.autocast_dtype)
+
+    # ------------------------------------------------------------------ one step
+    def _batch(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.train_batches.batch(key)
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
+                self.device, non_blocking=True
+            )
+        return x, y
+
+    def _train_step(self, batch_key: tuple[int, ...], schedule_step: int) -> torch.Tensor:
+        cfg, g = self.cfg, self.guards
+        lr = lr_at(schedule_step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        k = cfg.grad_accum_steps
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(k):
+            x, y = self._batch((*batch_key, self.ctx.rank, micro))
+            sync = micro == k - 1 or not isinstance(self.forward_model, nn.parallel.DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self.autocast():
+                loss = self.forward_model(x, y)
+            (loss * (g["loss_scale"] / k)).backward()
+            loss_sum += loss.detach().float()
+        loss_mean = loss_sum / k
+        if self.ctx.world_size > 1:  # report the global mean loss, as one process would see it
+            torch.distributed.all_reduce(loss_mean, op=torch.distributed.ReduceOp.AVG)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False) / g["loss_scale"]
+        finite = torch.isfinite(grad_norm) & torch.isfinite(loss_mean)
+        if cfg.spike_threshold > 0:
+            trusted = g["accepted"] >= SPIKE_WARMUP_STEPS
+            spike = finite & trusted & (grad_norm > cfg.spike_threshold * g["grad_norm_ema"])
+        else:
+            spike = torch.zeros((), dtype=torch.bool, device=self.device)
+        applied = finite & ~spike
+        if cfg.grad_clip > 0:
+            clip_coef = torch.clamp(cfg.grad_clip / (grad_norm + 1e-6), max=1.0)
+            clip_coef = torch.where(torch.isfinite(clip_coef), clip_coef, torch.ones_like(clip_coef))
+        else:
+            clip_coef = torch.ones((), device=self.device)
+        # The fused kernel divides every gradient by grad_scale (undoing the loss scale and applying
+        # the clip) and leaves parameters and moments untouched when found_inf is 1.
+        self.optimizer.grad_scale = g["loss_scale"] / clip_coef  # type: ignore[attr-defined]
+        self.optimizer.found_inf = (~applied).float()  # type: ignore[attr-defined]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_guards(grad_norm, applied, finite)
+        return torch.stack(
+            [
+                loss_mean,
+                grad_norm,
+                clip_coef,
+                applied.float(),
+                spike.float(),
+                torch.tensor(lr, device=self.device),
+            ]
+        )
+
+    def _update_guards(self, grad_norm: torch.Tensor, applied: torch.Tensor, finite: torch.Tensor) -> None:
+        g = self.guards
+        ema = torch.where(
+            g["accepted"] > 0, EMA_DECAY * g["grad_norm_ema"] + (1 - EMA_DECAY) * grad_norm, grad_norm
+        )
+        g["grad_norm_ema"].copy_(torch.where(applied, ema, g["grad_norm_ema"]))
+        g["accepted"].add_(applied.float())
+        if self.ctx.autocast_dtype == torch.float16:  # dynamic loss scaling, decided on device
+            grown = torch.where(g["good_steps"] + 1 >= LOSS_SCALE_GROWTH_INTERVAL, 2.0, 1.0)
+            g["loss_scale"].copy_(
+                torch.where(finite, g["loss_scale"] * grown, torch.clamp(g["loss_scale"] / 2, min=1.0))
+            )
+            g["good_steps"].copy_(
+                torch.where(finite & (grown == 1.0), g["good_steps"] + 1, torch.zeros_like(g["good_steps"]))
+            )
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> RunEnd:
+        """Train until ``iters`` (or a stop request); returns the RunEnd event it emitted."""
+        start = time.perf_counter()
+        self._mark = time.perf_counter()
+        status, reason = "completed", ""
+        if self.driver is not None:
+            self.driver(self)
+        if not self.stopping:
+            self.train_steps(self.cfg.iters - self.step)
+        if self.stop_signal is not None:
+            status, reason = "interrupted", f"signal {self.stop_signal}"
+        elif self.bus.stop_request is not None:
+            status, reason = "unhealthy", self.bus.stop_request.reason
+        if self.stopping and (self.last_checkpoint is None or self._checkpoint_step() != self.step):
+            self.save_checkpoint()
+        return self._finish(status, reason, time.perf_counter() - start)
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_signal is not None or self.bus.stop_request is not None
+
+    def train_steps(
+        self,
+        n: int,
+        *,
+        data_key: int | None = None,
+        schedule_start: int | None = None,
+        periodic: bool = True,
+        step_fields: Callable[[int], dict[str, Any]] | None = None,
+    ) -> StepsSummary:
+        """Run up to ``n`` optimizer steps from the current state; each counts toward ``iters``.
+
+        ``data_key``: batches come from a stream keyed by (data_key, i), so every call with the same
+        key trains on identical data. ``schedule_start``: the lr schedule runs from this step instead
+        of the global one. ``periodic``: run eval/samples/checkpoints when their interval is due.
+        ``step_fields``: extra metric fields for each step record (given the global step).
+        """
+        losses: list[torch.Tensor] = []
+        t0, done = time.perf_counter(), 0
+        for i in range(n):
+            if self.step >= self.cfg.iters or self.stopping:
+                break
+            key = (0, self.step) if data_key is None else (1, data_key, i)
+            sched = self.step if schedule_start is None else schedule_start + i
+            values = self._train_step(key, sched)
+            self.step += 1
+            done += 1
+            losses.append(values[0])
+            extra = step_fields(self.step) if step_fields else {}
+            self._pending.append(_PendingStep(self.step, values, extra))
+            self._at_boundary(periodic)
+        self._flush()
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
+        return StepsSummary(done, mean_loss, done * self.tokens_per_step / elapsed)
+
+    def _at_boundary(self, periodic: bool) -> None:
+        cfg, s = self.cfg, self.step
+        last = s >= cfg.iters
+        eval_due = periodic and (s % cfg.eval_interval == 0 or last)
+        sample_due = periodic and cfg.sample_interval > 0 and (s % cfg.sample_interval == 0 or last)
+        ckpt_due = periodic and (s % cfg.checkpoint_interval == 0 or last)  # type: ignore[operator]
+        if eval_due or sample_due or ckpt_due or s % cfg.log_every == 0 or s == 1 or self.stopping:
+            self._flush(evaluate=eval_due)
+        if sample_due and self.ctx.is_main:
+            self.sample()
+        if ckpt_due:
+            self.save_checkpoint()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _flush(self, evaluate: bool = False) -> None:
+        """Read back pending step values in one transfer, emit their Step events (+ Eval)."""
+        if not self._pending and not evaluate:
+            return
+        self._sync()
+        wall = time.perf_counter() - self._mark
+        pending, self._pending = self._pending, []
+        rows = torch.stack([p.values for p in pending]).tolist() if pending else []
+        val_loss = self.evaluate() if evaluate else None
+        if val_loss is not None and pending:
+            pending[-1].extra["valLoss"] = val_loss
+        per_step = wall / max(1, len(rows))
+        self._step_seconds += wall
+        self._steps_timed += len(rows)
+        for p, (loss, gnorm, clip, applied, spike, lr) in zip(pending, rows, strict=True):
+            self._emit_step(p, loss, gnorm, clip, applied > 0.5, spike > 0.5, lr, per_step)
+        if val_loss is not None:
+            self._record_eval(val_loss)
+        self._mark = time.perf_counter()
+
+    def _emit_step(
+        self,
+        p: _PendingStep,
+        loss: float,
+        gnorm: float,
+        clip: float,
+        applied: bool,
+        spike: bool,
+        lr: float,
+        seconds: float,
+    ) -> None:
+        c = self.host_counters
+        c["steps"] += 1
+        skipped = None if applied else ("spike" if spike else "nonfinite")
+        if applied and clip < 1.0:
+            c["clipped"] += 1
+        metrics: dict[str, Any] = {
+            "step": p.step,
+            "loss": loss,
+            "lr": lr,
+            "gradNorm": gnorm if math.isfinite(gnorm) else None,
+            "elapsed_ms": seconds * 1000,
+            "tokens_per_sec": self.tokens_per_step / seconds if seconds > 0 else 0.0,
+            "ms_per_iter": seconds * 1000,
+            "clip_coef": clip,
+            "clip_pct": 100.0 * c["clipped"] / p.step,
+            "tokens": p.step * self.tokens_per_step,
+        }
+        if skipped:
+            metrics["skipped"] = skipped
+            self._skip_event(p.step, skipped, loss, gnorm)
+        metrics.update(p.extra)
+        self._last_loss = loss if math.isfinite(loss) else self._last_loss
+        self.bus.emit(Step(step=p.step, metrics=metrics))
+
+    def _skip_event(self, step: int, reason: str, loss: float, gnorm: float) -> None:
+        c = self.host_counters
+        counter = "skipped_spike" if reason == "spike" else "skipped_nonfinite"
+        c[counter] += 1
+        n = c[counter]
+        if n > SKIP_EVENTS_IN_FULL and n % 100:
+            return
+        if reason == "spike":
+            ema = float(self.guards["grad_norm_ema"])
+            kind, text = (
+                "spike_skip",
+                (
+                    f"grad_norm={gnorm:.1f} > {self.cfg.spike_threshold:g}x EMA {ema:.3f}: "
+                    f"skipping step {step} ({n} spike skips)"
+                ),
+            )
+            data = {
+                "gradNorm": gnorm,
+                "spikeThreshold": self.cfg.spike_threshold,
+                "gradNormEma": ema,
+                "spikeSkips": n,
+            }
+        else:
+            kind = "loss_nan" if not math.isfinite(loss) else "grad_norm_nan"
+            what = "loss" if kind == "loss_nan" else "grad_norm"
+            value = loss if kind == "loss_nan" else gnorm
+            text = f"{what}={value} at step {step}: skipping optimizer update ({n} non-finite skips)"
+            data = {"loss": loss, "gradNorm": gnorm, "nonFiniteSkips": n}
+        self.bus.emit(Alert(step=step, kind=kind, level="warn", text=text, data=data))
+
+    def _record_eval(self, val_loss: float) -> None:
+        train_loss = self._last_loss if self._last_loss is not None else math.nan
+        self.last_val_loss = val_loss
+        if math.isfinite(val_loss) and (self.best_val_loss is None or val_loss < self.best_val_loss):
+            self.best_val_loss = val_loss
+        self.eval_history.append((self.step, train_loss, val_loss))
+        self.bus.emit(
+            Eval(step=self.step, train_loss=train_loss, val_loss=val_loss, eval_windows=len(self.val_windows))
+        )
+
+    # ------------------------------------------------------------------ eval and samples
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the fixed validation windows (the same windows at every eval)."""
+        self.model.eval()
+        total = torch.zeros((), device=self.device)
+        for x, y in self.val_windows:
+            with self.autocast():
+                total += self.model(x, y).float()
+        self.model.train()
+        return float(total) / len(self.val_windows)
+
+    def sample(self) -> list[dict[str, str]]:
+        prompts = self.domain.prompts[: self.cfg.sample_prompts]
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        samples = []
+        for prompt in prompts:
+            text = self.domain.format_prompt(prompt)
+            ids = generate(
+                self.model,
+                self.tokenizer.encode(text),
+                self.cfg.sample_tokens,
+                stop_id=self.tokenizer.eot_id,
+                generator=gen,
+            )
+            samples.append({"prompt": text, "output": self.tokenizer.decode(ids)})
+        self.bus.emit(Samples(step=self.step, samples=samples, trend=summarize_trend(self.eval_history)))
+        return samples
+
+    def set_activation(self, factory: Callable[[], nn.Module]) -> None:
+        """Give every block's MLP a new activation module (same shapes: no parameter changes)."""
+        for block in self.model.layers:
+            block.mlp.act = factory().to(self.device)
+
+    # ------------------------------------------------------------------ snapshots and checkpoints
+    def snapshot(self) -> Snapshot:
+        self._flush()
+        return Snapshot(
+            step=self.step,
+            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            guards={k: v.clone() for k, v in self.guards.items()},
+        )
+
+    def restore(self, snap: Snapshot) -> None:
+        """Weights, optimizer and guards back to ``snap``; the global step keeps counting."""
+        self._flush()
+        self.model.load_state_dict(snap.model)
+        self.optimizer.load_state_dict(copy.deepcopy(snap.optimizer))
+        for k, v in snap.guards.items():
+            self.guards[k].copy_(v)
+
+    def _checkpoint_step(self) -> int | None:
+        if self.last_checkpoint is None:
+            return None
+        return int(self.last_checkpoint.stem.split("-")[-1])
+
+    def save_checkpoint(self) -> Path | None:
+        self._flush()
+        if not self.ctx.is_main:
+            return None
+        path = checkpoint_path(self.ctx.run_dir, self.step)
+        val = self.last_val_loss if self.eval_history and self.eval_history[-1][0] == self.step else None
+        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(optimizer_tensors(self.optimizer, self.param_names))
+        tensors.update({f"trainer.guard.{k}": v for k, v in self.guards.items()})
+        tensors["trainer.rng.cpu"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["trainer.rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        meta = {
+            "format": FORMAT,
+            "step": self.step,
+            "runId": self.ctx.run_id,
+            "modelConfig": self.model_cfg.to_wire(),
+            "trainConfig": self.cfg.to_wire(),
+            "configHash": config_hash(self.model_cfg, self.cfg),
+            "domain": self.domain.name,
+            "valLoss": val,
+            "tokenizer": self.tokenizer.to_json(),
+            "trainer": {
+                "hostCounters": self.host_counters,
+                "evalHistory": self.eval_history[-64:],
+                "bestValLoss": self.best_val_loss,
+                "lastLoss": self._last_loss,
+                "components": {name: c.state_dict() for name, c in self.components.items()},
+            },
+        }
+        write_atomic(tensors, meta, path)
+        self.last_checkpoint = path
+        self.retention.add(path, val)
+        self.bus.emit(
+            CheckpointSaved(step=self.step, path=str(path), val_loss=val, is_best=self.retention.best == path)
+        )
+        return path
+
+    def load_state(self, ckpt: Checkpoint) -> None:
+        """Continue from a checkpoint: weights, optimizer moments, guards, RNG, counters, components."""
+        self.model.load_state_dict(ckpt.model)
+        named = dict(self.model.named_parameters())
+        load_optimizer_tensors(self.optimizer, named, ckpt.optim)
+        for k in self.guards:
+            key = f"guard.{k}"
+            if key in ckpt.trainer:
+                self.guards[k].copy_(ckpt.trainer[key].to(self.device))
+        if "rng.cpu" in ckpt.trainer:
+            torch.set_rng_state(ckpt.trainer["rng.cpu"])
+        if "rng.cuda" in ckpt.trainer and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt.trainer["rng.cuda"], self.device)
+        self.step = ckpt.step
+        state = ckpt.meta.get("trainer", {})
+        self.host_counters.update(state.get("hostCounters", {}))
+        self.eval_history = [tuple(e) for e in state.get("evalHistory", [])]  # type: ignore[misc]
+        self.best_val_loss = state.get("bestValLoss")
+        self._last_loss = state.get("lastLoss")
+        for name, component_state in state.get("components", {}).items():
+            if name in self.components:
+                self.components[name].load_state_dict(component_state)
+
+    # ------------------------------------------------------------------ end
+    def _finish(self, status: str, reason: str, elapsed: float) -> RunEnd:
+        tokens_per_sec = (
+            self._steps_timed * self.tokens_per_step / self._step_seconds if self._step_seconds else 0.0
+        )
+        c = self.host_counters
+        end = RunEnd(
+            step=self.step,
+            status=status,
+            reason=reason,
+            iters=self.cfg.iters,
+            elapsed_s=elapsed,
+            tokens_per_sec=tokens_per_sec,
+            final_loss=self._last_loss,
+            final_val_loss=self.last_val_loss,
+            best_val_loss=self.best_val_loss,
+            best_checkpoint=str(self.retention.best) if self.retention.best else None,
+            last_checkpoint=str(self.last_checkpoint) if self.last_checkpoint else None,
+            skipped_steps=c["skipped_spike"] + c["skipped_nonfinite"],
+            clipped_steps=c["clipped"],
+            symbio_winner=getattr(self.components.get("symbio"), "winner_name", None),
+        )
+        self.bus.emit(end)
+        return end

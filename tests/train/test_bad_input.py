@@ -1,0 +1,98 @@
+"""Bad input: one clear line on stderr, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TINY_MODEL, run_alpha
+
+GOOD = "<|user|> hi <|assistant|> hello there <|end_of_text|>"
+
+
+def assert_one_line_error(result, fragment: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def train(data: Path | str, *extra: str) -> list[str]:
+    return ["train", "--data", str(data), "--domain", "chat", "--vocab-size", "300", *TINY_MODEL, *extra]
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    made = {
+        "empty": b"",
+        "binary": b"\xff\xfe\x00garbage\xc3\x28\n",
+        "no_conversation": b"just prose\nand more prose\n",
+        "tiny": ("\n".join([GOOD] * 40) + "\n").encode(),
+        "corrupt.safetensors": b"\x08\x00\x00\x00\x00\x00\x00\x00{notjson",
+    }
+    out = {}
+    for name, content in made.items():
+        out[name] = tmp_path / name
+        out[name].write_bytes(content)
+    return out
+
+
+def test_missing_data_file(tmp_path: Path) -> None:
+    assert_one_line_error(run_alpha(*train(tmp_path / "nope.txt")), "does not exist")
+
+
+def test_empty_data_file(files) -> None:
+    assert_one_line_error(run_alpha(*train(files["empty"])), "is empty")
+
+
+def test_non_utf8_data_file(files) -> None:
+    assert_one_line_error(run_alpha(*train(files["binary"])), "not UTF-8")
+
+
+def test_chat_file_without_a_valid_conversation(files) -> None:
+    assert_one_line_error(run_alpha(*train(files["no_conversation"])), "no valid conversation")
+
+
+def test_dim_not_divisible_by_heads(files) -> None:
+    assert_one_line_error(run_alpha(*train(files["tiny"], "--dim", "30", "--heads", "4")), "not divisible")
+
+
+def test_block_larger_than_the_val_split(files, tmp_path: Path) -> None:
+    result = run_alpha(*train(files["tiny"], "--block", "4096", "--run-dir", str(tmp_path / "r")))
+    assert_one_line_error(result, "validation split")
+
+
+def test_unknown_flag_value_and_unknown_flag(files) -> None:
+    assert_one_line_error(run_alpha(*train(files["tiny"], "--activation", "tanh")), "invalid choice")
+    assert_one_line_error(run_alpha(*train(files["tiny"], "--no-such-flag", "1")), "unrecognized")
+
+
+def test_unreadable_symbio_config(files, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    assert_one_line_error(
+        run_alpha(*train(files["tiny"], "--symbio", "--symbio-config", str(missing))), "does not exist"
+    )
+
+
+def test_helios_backend_without_a_gpu(files, tmp_path: Path) -> None:
+    result = run_alpha(
+        *train(files["tiny"], "--backend", "helios", "--run-dir", str(tmp_path / "r")),
+        env={"CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert_one_line_error(result, "needs a CUDA GPU")
+
+
+def test_resume_from_a_corrupt_checkpoint(files) -> None:
+    assert_one_line_error(run_alpha("train", "--resume", str(files["corrupt.safetensors"])), "checkpoint")
+
+
+def test_resume_with_a_different_model_shape(chat_file: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "r"
+    ok = run_alpha(*train(chat_file, "--iters", "2", "--run-dir", str(run_dir), "--sample-interval", "0"))
+    assert ok.returncode == 0, ok.stderr
+    result = run_alpha(
+        "train", "--resume", "latest", "--run-dir", str(run_dir), "--iters", "4", "--dim", "64"
+    )
+    assert_one_line_error(result, "model flags differ")
