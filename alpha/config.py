@@ -162,6 +162,7 @@ class TrainConfig:
     symbio: bool = False
     symbio_config_path: str | None = None
     symbio_config: dict[str, Any] | None = None
+    symbio_resume_graph: str | None = None  # JSON graph that founds a new composed search
     on_unhealthy: str = "warn"
     remote: bool = True
     upload_final: bool = False

@@ -61,6 +61,7 @@ TRAIN_FLAGS = {
     "resume": "resume",
     "symbio": "symbio",
     "symbio_config": "symbio_config_path",
+    "symbio_resume_graph": "symbio_resume_graph",
     "on_unhealthy": "on_unhealthy",
     "remote": "remote",
     "upload_final": "upload_final",
@@ -143,6 +144,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("symbiogenesis, health, reporting")
     g.add_argument("--symbio", action="store_true", default=None, help="run the activation search")
     _flag(g, "--symbio-config", help="symbio JSON config")
+    _flag(
+        g,
+        "--symbio-resume-graph",
+        help="activation graph (JSON) that founds a composed search: candidate 0 plus mutations of it",
+    )
     _flag(g, "--on-unhealthy", choices=["warn", "stop"], help="watchdog action (default warn)")
     g.add_argument(
         "--remote",

@@ -42,7 +42,8 @@ from alpha.errors import ConfigError
 from alpha.events import Alert, SymbioGeneration
 from alpha.symbio.config import SymbioConfig, from_wire, load_symbio_config
 from alpha.symbio.cusum import CusumMonitor
-from alpha.symbio.graph import Basis, Graph, GraphActivation, Mul, dumps, from_json, to_json
+from alpha.symbio.graph import Basis, Graph, GraphActivation, Mul, dumps, from_json, loads, to_json
+from alpha.symbio.mutate import mutate
 from alpha.symbio.population import (
     Candidate,
     Namer,
@@ -80,6 +81,18 @@ def prepare_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     train_cfg.symbio_config = config.to_wire()
     warnings = config.no_effect_warnings() + check_fits(config, model_cfg, train_cfg)
     train_cfg.extra["symbio_warnings"] = warnings
+    if train_cfg.symbio_resume_graph is not None:
+        resume_graph(config, train_cfg.symbio_resume_graph)
+
+
+def resume_graph(config: SymbioConfig, text: str) -> Graph:
+    """The ``--symbio-resume-graph`` graph, checked against the config's limits."""
+    if not config.composed:
+        raise ConfigError("--symbio-resume-graph needs searchMode composed-activation-search")
+    try:
+        return loads(text, max_depth=config.max_graph_depth, max_nodes=config.max_graph_nodes)
+    except ConfigError as exc:
+        raise ConfigError(f"--symbio-resume-graph: {exc}") from None
 
 
 def check_fits(config: SymbioConfig, model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[str]:
@@ -109,10 +122,13 @@ def check_fits(config: SymbioConfig, model_cfg: ModelConfig, train_cfg: TrainCon
     ]
 
 
-def attach_search(trainer: Trainer, symbio_config: dict[str, Any]) -> Search:
+def attach_search(
+    trainer: Trainer, symbio_config: dict[str, Any] | None, founders: list[Graph] | None = None
+) -> Search:
     """Make the search a component of ``trainer`` (saved in checkpoints) and its driver."""
     config = from_wire(symbio_config) if symbio_config else SymbioConfig()
-    search = Search(trainer, config, warnings=list(trainer.cfg.extra.get("symbio_warnings", [])))
+    warnings = list(trainer.cfg.extra.get("symbio_warnings", []))
+    search = Search(trainer, config, warnings=warnings, founders=founders)
     trainer.components["symbio"] = search
     trainer.driver = search.run
     return search
@@ -153,9 +169,20 @@ def base_graph(model_cfg: ModelConfig) -> Graph:
 
 
 class Search:
-    def __init__(self, trainer: Trainer, config: SymbioConfig, *, warnings: list[str] | None = None) -> None:
+    """``founders``: generation 0's graphs (default: the pool, or ``--symbio-resume-graph`` and
+    mutations of it)."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        config: SymbioConfig,
+        *,
+        warnings: list[str] | None = None,
+        founders: list[Graph] | None = None,
+    ) -> None:
         self.trainer = trainer
         self.config = config
+        self.founders = founders
         self.warnings = warnings or []
         self.steps_per_candidate = plan_budget(config, trainer.cfg.iters).steps_per_candidate
         self.rng = random.Random(trainer.cfg.seed)
@@ -197,11 +224,29 @@ class Search:
         self._install()
         if not self.population:
             room = (trainer.cfg.iters - trainer.step) // self.steps_per_candidate
-            size = min(self.config.population_size, room)
-            self.population = initial_population(self.config, self.namer, size)
+            self.population = self._founding_population(min(self.config.population_size, room))
             self.candidates.extend(self.population)
         while not self.finished and not trainer.stopping:
             self._run_generation()
+
+    def _founding_population(self, size: int) -> list[Candidate]:
+        cfg, namer = self.config, self.namer
+        activation = "composed" if cfg.composed else None
+        if self.founders:
+            return [
+                namer.founder(i, 0, g, activation or getattr(g, "op", "composed"))
+                for i, g in enumerate(self.founders[:size])
+            ]
+        text = self.trainer.cfg.symbio_resume_graph
+        if text is None:
+            return initial_population(cfg, namer, size)
+        first = namer.founder(0, 0, resume_graph(cfg, text), "composed")
+        first.mutation_applied = "resume"
+        children = [
+            mutate(first.graph, self.rng, cfg.basis_pool, cfg.max_graph_depth, cfg.max_graph_nodes)
+            for _ in range(size - 1)
+        ]
+        return [first] + [namer.child(first, 0, child) for child in children]
 
     # ------------------------------------------------------------------ one generation
     def _run_generation(self) -> None:
