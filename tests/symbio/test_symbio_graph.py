@@ -109,3 +109,29 @@ def test_graph_activation_module_swaps_without_parameters():
     assert "(relu+0.04·sq)×gelu" in repr(module)
     swappable = GraphActivation(RELU_SQ_GELU, swappable=True)
     torch.testing.assert_close(swappable(x), module(x))
+
+
+def test_swapping_graphs_does_not_recompile_a_compiled_model():
+    """The search swaps graphs every few steps: a compiled GPT must not be retraced for each."""
+    from torch._dynamo.utils import counters
+
+    from alpha.config import ModelConfig
+    from alpha.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=50, block_size=8, n_layer=2, n_embd=16, n_head=2))
+    acts = [GraphActivation(Basis("gelu"), swappable=True, compile=False) for _ in model.layers]
+    for block, act in zip(model.layers, acts, strict=True):
+        block.mlp.act = act
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    x = torch.randint(0, 50, (2, 8))
+    compiled(x, x).backward()
+    traced = counters["stats"]["unique_graphs"]
+    for graph in [Basis("relu"), RELU_SQ_GELU, Mul(Basis("silu"), Basis("gelu"))]:
+        for act in acts:
+            act.set_graph(graph)
+        loss = compiled(x, x)
+        loss.backward()
+        torch.testing.assert_close(loss, model(x, x))
+    assert counters["stats"]["unique_graphs"] == traced
