@@ -40,6 +40,7 @@ class SearchState:
     finished: bool
     search_steps: int  # optimizer steps spent on candidates so far
     history: list[dict[str, Any]] = field(default_factory=list)  # one entry per generation
+    timing: dict[str, float] = field(default_factory=dict)  # trainSeconds, searchSeconds
 
     @property
     def winner(self) -> dict[str, Any] | None:
@@ -142,6 +143,7 @@ def summary(state: SearchState) -> dict[str, Any]:
             "rankedBy": state.rank_by,
             "config": state.config,
             "history": state.history,
+            "timing": state.timing,
             "rankedCandidates": state.ranked(),
         }
     )

@@ -572,6 +572,10 @@ class Search:
             finished=self.finished,
             search_steps=self.search_steps,
             history=self.history,
+            timing={
+                "trainSeconds": round(self.train_seconds, 3),
+                "searchSeconds": round(self.search_seconds, 3),
+            },
         )
         write_artifacts(self.trainer.ctx.run_dir, state)
 
