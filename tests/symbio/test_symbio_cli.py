@@ -178,3 +178,25 @@ def test_a_search_longer_than_iters_warns_with_the_real_step_count(chat_file, tm
     summary = json.loads((tmp_path / "long_run" / "symbio-search-summary.json").read_text())
     assert summary["finished"] and summary["searchSteps"] == 20 and summary["generations"] == 1
     assert summary["history"][-1]["population"] == 2  # a smaller final generation fills the run
+
+
+def test_a_fixed_composed_activation_trains_and_bad_graphs_are_refused(chat_file, tmp_path, capsys) -> None:
+    graph = {"type": "mul", "left": {"type": "basis", "op": "relu"}, "right": {"type": "basis", "op": "gelu"}}
+    run_dir = tmp_path / "fixed_graph"
+    args = tiny_train_args(
+        chat_file, run_dir, "--iters", "2", "--eval-interval", "2", "--sample-interval", "0"
+    )
+    result = run_alpha(*args, "--activation-graph", json.dumps(graph), env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    model = checkpoint_meta(run_dir / "checkpoint-2.safetensors")["modelConfig"]
+    assert model["ffnActivation"] == "composed" and model["activationGraph"] == graph
+    for bad, message in [
+        ('{"type":"basis","op":"tanh"}', "unknown basis op 'tanh'"),
+        ("[", "not valid JSON"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--activation-graph", bad])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+    assert main([*args, "--activation-graph", json.dumps(graph), "--activation", "relu"]) == 2
+    assert "--activation-graph replaces --activation" in capsys.readouterr().err
