@@ -301,6 +301,8 @@ class Search:
             t.restore(best_state[0])
             _set_rng_state(best_state[1], t.device)
         self._activate(best, announce=False)
+        if self.winner is not None:
+            self.winner.alive = False
         self.winner = best
         self.search_steps += steps * len(population)
         self._close_generation(population, best, start, began)
@@ -326,7 +328,7 @@ class Search:
             }
         )
         for cand in population:
-            cand.alive = False
+            cand.alive = cand is best  # the state the run continues from
         if previous is not None and self.controller.observe(previous, best.val_loss, t.step):
             self._say(
                 f"population dynamics → pop={self.controller.size} (scale={self.controller.scale:.2f}) "
