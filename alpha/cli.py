@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "sample": "alpha.commands.sample",
     "bench": "alpha.commands.bench",
     "data": "alpha.commands.data",
+    "diagnose": "alpha.commands.diagnose",
 }
 
 

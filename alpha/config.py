@@ -156,7 +156,8 @@ class TrainConfig:
     vocab_size: int = 4000
     dtype: str = "auto"
     compile: bool | None = None  # None: on for CUDA
-    log_every: int = 1
+    cuda_graphs: bool | None = None  # None: on for CUDA when compiling
+    log_every: int = 10
     run_dir: str | None = None
     resume: str | None = None
     symbio: bool = False

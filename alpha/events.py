@@ -225,6 +225,7 @@ class RunEnd(Event):
     iters: int
     elapsed_s: float
     tokens_per_sec: float
+    loop_tokens_per_sec: float = 0.0
     final_loss: float | None = None
     final_val_loss: float | None = None
     best_val_loss: float | None = None
@@ -246,6 +247,7 @@ class RunEnd(Event):
             "finalStep": self.step,
             "durationMs": round(self.elapsed_s * 1000),
             "tokensPerSec": self.tokens_per_sec,
+            "loopTokensPerSec": self.loop_tokens_per_sec,
             "finalLoss": self.final_loss,
             "finalValLoss": self.final_val_loss,
             "bestValLoss": self.best_val_loss,

@@ -35,6 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps first (compilation)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument(
+        "--cuda-graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay alpha's whole step as a CUDA graph (default: on when compiling on CUDA)",
+    )
     p.add_argument("--baseline", action="store_true", help="also time a plain PyTorch loop")
     p.add_argument("--baseline-mode", default="default", help="torch.compile mode of the baseline (CUDA)")
     p.add_argument("--repeat", type=int, default=1, help="repeat each measurement, report the median")
@@ -87,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(train_cfg, 0)
     if train_cfg.compile is None:
         train_cfg.compile = device.type == "cuda"
+    train_cfg.cuda_graphs = (
+        args.cuda_graphs if args.cuda_graphs is not None else (device.type == "cuda" and train_cfg.compile)
+    )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     precision = resolve_precision(train_cfg, device)
@@ -113,7 +122,12 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict[str, Any] = {
         "config": shape
-        | {"device": str(device), "precision": str(precision), "compile": bool(train_cfg.compile)}
+        | {
+            "device": str(device),
+            "precision": str(precision),
+            "compile": bool(train_cfg.compile),
+            "cuda_graphs": bool(train_cfg.cuda_graphs),
+        }
     }
     torch.manual_seed(0)
     model = GPT(model_cfg)

@@ -58,6 +58,7 @@ TRAIN_FLAGS = {
     "vocab_size": "vocab_size",
     "dtype": "dtype",
     "compile": "compile",
+    "cuda_graphs": "cuda_graphs",
     "log_every": "log_every",
     "run_dir": "run_dir",
     "resume": "resume",
@@ -143,6 +144,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="torch.compile the model (default: on for CUDA)",
+    )
+    g.add_argument(
+        "--cuda-graphs",
+        dest="cuda_graphs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay the whole training step as one CUDA graph (default: on when compiling on CUDA)",
     )
     _flag(g, "--gpus", type=int, help="GPUs on this host (starts torchrun when > 1)")
     g.add_argument(

@@ -193,8 +193,12 @@ class BatchSource:
         self.stream = stream
         self._offsets = np.arange(block + 1)
 
-    def batch(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    def windows(self, key: tuple[int, ...]) -> np.ndarray:
+        """(batch, block + 1) int64 token windows; inputs are [:, :-1], targets [:, 1:]."""
         rng = np.random.default_rng([self.seed, self.stream, *key])
         starts = rng.integers(0, len(self.tokens) - self.block - 1, size=self.batch_size, endpoint=True)
-        windows = torch.from_numpy(self.tokens[starts[:, None] + self._offsets].astype(np.int64))
+        return self.tokens[starts[:, None] + self._offsets].astype(np.int64)
+
+    def batch(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        windows = torch.from_numpy(self.windows(key))
         return windows[:, :-1], windows[:, 1:]

@@ -145,7 +145,11 @@ def end_lines(event: RunEnd) -> list[str]:
     lines = ["", END_TITLES.get(event.status, f"── training {event.status} ──")]
     if event.reason:
         lines.append(f"reason: {event.reason}")
-    lines.append(f"total time: {event.elapsed_s:.1f}s | {event.tokens_per_sec:.0f} tok/s (training steps)")
+    lines.append(
+        f"total time: {event.elapsed_s:.1f}s | {event.tokens_per_sec:.0f} tok/s in training steps, "
+        f"{event.loop_tokens_per_sec:.0f} tok/s over the whole loop after warm-up "
+        "(eval, samples, checkpoints included)"
+    )
     final = []
     if event.final_loss is not None:
         final.append(f"loss={event.final_loss:.4f}")

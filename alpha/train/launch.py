@@ -43,6 +43,7 @@ from alpha.data.tokenizer import (
 from alpha.data.tokens import TokenData, prepare_tokens, training_texts
 from alpha.errors import EXIT_FAILURE, EXIT_OK, EXIT_SIGINT, EXIT_SIGTERM, EXIT_UNHEALTHY, ConfigError
 from alpha.events import Alert, EventBus, RunEnd, RunStart, Sink
+from alpha.health.watchdog import Watchdog
 from alpha.model.gpt import GPT
 from alpha.sinks.jsonl import EventsSink, MetricsSink
 from alpha.sinks.logfile import ConsoleSink, LogFileSink
@@ -250,6 +251,8 @@ def build_sinks(plan: RunPlan, bus: EventBus) -> list[Sink]:
         ConsoleSink(),
         MetricsSink(plan.run_dir),
         EventsSink(plan.run_dir),
+        # last, so that its alerts follow the step that raised them in every other output
+        Watchdog(bus, action=plan.train_cfg.on_unhealthy),
     ]
 
 
@@ -341,6 +344,8 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
     device = resolve_device(cfg, local_rank)
     if cfg.compile is None:
         cfg.compile = device.type == "cuda"
+    if cfg.cuda_graphs is None:
+        cfg.cuda_graphs = device.type == "cuda" and cfg.compile
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

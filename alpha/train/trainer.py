@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -32,6 +33,7 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, EventBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
+from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
     Checkpoint,
@@ -41,6 +43,7 @@ from alpha.train.checkpoint import (
     optimizer_tensors,
     write_atomic,
 )
+from alpha.train.cuda_graphs import GraphedStep, PinnedStaging
 from alpha.train.optim import build_optimizer, lr_at
 from alpha.train.sampling import generate
 from alpha.train.trend import summarize_trend
@@ -77,7 +80,7 @@ class RunContext:
 class Snapshot:
     step: int
     model: dict[str, torch.Tensor]
-    optimizer: dict[str, Any]
+    optimizer: dict[str, dict[str, torch.Tensor]]
     guards: dict[str, torch.Tensor]
 
 
@@ -116,7 +119,10 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
-        self.forward_model: nn.Module = self._wrap(self.model)
+        self._bind_flat_gradients()
+        self.forward_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        self.staging = PinnedStaging(self.device)
+        self.graphed: GraphedStep | None = None
         block = self.model_cfg.block_size
         val_batches = BatchSource(
             data.val, block, cfg.batch_size, cfg.seed, stream=1, name="validation split"
@@ -139,23 +145,33 @@ class Trainer:
         self.retention = Retention(ctx.run_dir, cfg.keep_checkpoints)
         self._pending: list[_PendingStep] = []
         self._mark = time.perf_counter()
+        self._warm: tuple[float, int] | None = None  # (time, step) after the first interval
+        self.background = BackgroundWorker()
         self._step_seconds = 0.0
         self._steps_timed = 0
         self._last_loss: float | None = None
         self.host_counters = {"clipped": 0, "skipped_spike": 0, "skipped_nonfinite": 0, "steps": 0}
         self._init_guards()
+        if ctx.device.type == "cuda" and cfg.cuda_graphs:
+            self.graphed = GraphedStep(self)
 
     # ------------------------------------------------------------------ set-up
-    def _wrap(self, model: GPT) -> nn.Module:
-        wrapped: nn.Module = model
-        if self.cfg.compile:
-            wrapped = torch.compile(wrapped)
-        if self.ctx.world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(wrapped, device_ids=ids)
-        return wrapped
+    def _bind_flat_gradients(self) -> None:
+        """With several processes, every gradient is a view into one flat buffer whose last slot
+        holds the step's loss: gradients and loss are averaged over ranks by a single all-reduce,
+        which (unlike DDP's autograd hooks) can be captured in a CUDA graph with the rest of the
+        step. One process needs no buffer: autograd's own gradients avoid an accumulate pass.
+        """
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.reduce_buffer: torch.Tensor | None = None
+        if self.ctx.world_size == 1:
+            return
+        total = sum(p.numel() for p in self.params)
+        self.reduce_buffer = torch.zeros(total + 1, device=self.device, dtype=torch.float32)
+        offset = 0
+        for p in self.params:
+            p.grad = self.reduce_buffer[offset : offset + p.numel()].view_as(p)
+            offset += p.numel()
 
     def _init_guards(self) -> None:
         f32 = {"device": self.device, "dtype": torch.float32}
@@ -173,33 +189,49 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.ctx.autocast_dtype)
 
     # ------------------------------------------------------------------ one step
-    def _batch(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.train_batches.batch(key)
-        if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
-                self.device, non_blocking=True
-            )
-        return x, y
+    def _windows(self, batch_key: tuple[int, ...]) -> np.ndarray:
+        """(K, B, T + 1) token windows for one optimizer step on this rank."""
+        k = self.cfg.grad_accum_steps
+        return np.stack([self.train_batches.windows((*batch_key, self.ctx.rank, m)) for m in range(k)])
 
     def _train_step(self, batch_key: tuple[int, ...], schedule_step: int) -> torch.Tensor:
-        cfg, g = self.cfg, self.guards
-        lr = lr_at(schedule_step, cfg)
+        lr = lr_at(schedule_step, self.cfg)
+        windows = self._windows(batch_key)
+        if self.graphed is not None:
+            return self.graphed.run(windows, lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        k = cfg.grad_accum_steps
+        tokens = self.staging.to_device(windows)
+        return self._step_body(tokens, torch.full((), lr, device=self.device))
+
+    def _step_body(self, tokens: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on device-resident tokens (K, B, T + 1); no host synchronisation."""
+        cfg, g, k = self.cfg, self.guards, tokens.shape[0]
+        buffer = self.reduce_buffer
+        if buffer is not None:
+            buffer.zero_()
+        else:
+            for p in self.params:
+                p.grad = None
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
-            x, y = self._batch((*batch_key, self.ctx.rank, micro))
-            sync = micro == k - 1 or not isinstance(self.forward_model, nn.parallel.DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.forward_model.no_sync(), self.autocast():
+            x, y = tokens[micro, :, :-1], tokens[micro, :, 1:]
+            with self.autocast():
                 loss = self.forward_model(x, y)
             (loss * (g["loss_scale"] / k)).backward()
             loss_sum += loss.detach().float()
-        loss_mean = loss_sum / k
-        if self.ctx.world_size > 1:  # report the global mean loss, as one process would see it
-            torch.distributed.all_reduce(loss_mean, op=torch.distributed.ReduceOp.AVG)
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False) / g["loss_scale"]
+        if buffer is not None:  # gradients and loss averaged over ranks in one collective
+            buffer[-1:].copy_(loss_sum.reshape(1) / k)
+            torch.distributed.all_reduce(buffer)
+            buffer.div_(self.ctx.world_size)
+            loss_mean = buffer[-1]
+            grad_norm = torch.linalg.vector_norm(buffer[:-1])
+        else:
+            loss_mean = loss_sum / k
+            grad_norm = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm([p.grad for p in self.params]))
+            )
+        grad_norm = grad_norm / g["loss_scale"]
         finite = torch.isfinite(grad_norm) & torch.isfinite(loss_mean)
         if cfg.spike_threshold > 0:
             trusted = g["accepted"] >= SPIKE_WARMUP_STEPS
@@ -217,18 +249,8 @@ class Trainer:
         self.optimizer.grad_scale = g["loss_scale"] / clip_coef  # type: ignore[attr-defined]
         self.optimizer.found_inf = (~applied).float()  # type: ignore[attr-defined]
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self._update_guards(grad_norm, applied, finite)
-        return torch.stack(
-            [
-                loss_mean,
-                grad_norm,
-                clip_coef,
-                applied.float(),
-                spike.float(),
-                torch.tensor(lr, device=self.device),
-            ]
-        )
+        return torch.stack([loss_mean, grad_norm, clip_coef, applied.float(), spike.float(), lr.float()])
 
     def _update_guards(self, grad_norm: torch.Tensor, applied: torch.Tensor, finite: torch.Tensor) -> None:
         g = self.guards
@@ -324,6 +346,7 @@ class Trainer:
             self._flush(evaluate=eval_due)
         if sample_due and self.ctx.is_main:
             self.sample()
+        self.background.poll()
         if ckpt_due:
             self.save_checkpoint()
 
@@ -356,6 +379,8 @@ class Trainer:
         if val_loss is not None:
             self._record_eval(val_loss)
         self._mark = time.perf_counter()
+        if self._warm is None:  # the first interval carries compilation and graph capture
+            self._warm = (self._mark, self.step)
 
     def _emit_step(
         self,
@@ -446,46 +471,92 @@ class Trainer:
         self.model.train()
         return float(total) / len(self.val_windows)
 
-    def sample(self) -> list[dict[str, str]]:
-        prompts = self.domain.prompts[: self.cfg.sample_prompts]
+    def sample(self) -> None:
+        """Generate from the domain prompts. On CUDA this runs on a worker thread and side stream
+        with a copy of the weights, so training continues meanwhile; the Samples event (labelled
+        with the step it was taken at) is emitted at a later log boundary."""
+        step, trend = self.step, summarize_trend(self.eval_history)
+        prompts = [self.domain.format_prompt(p) for p in self.domain.prompts[: self.cfg.sample_prompts]]
+        if self.device.type != "cuda":
+            self._emit_samples(step, trend, self._generate(self.model, prompts, step))
+            return
+        sampler = copy.deepcopy(self.model).eval()  # weights and the current activation
+        for p in sampler.parameters():
+            p.grad = None
+        ready = torch.cuda.Event()
+        ready.record()
+
+        def job() -> list[dict[str, str]]:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_event(ready)
+            with torch.cuda.stream(stream):
+                return self._generate(sampler, prompts, step)
+
+        self.background.submit(job, lambda samples: self._emit_samples(step, trend, samples))
+
+    def _generate(self, model: GPT, prompts: list[str], step: int) -> list[dict[str, str]]:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.cfg.seed * 1_000_003 + self.step)
+        gen.manual_seed(self.cfg.seed * 1_000_003 + step)
         samples = []
-        for prompt in prompts:
-            text = self.domain.format_prompt(prompt)
+        for text in prompts:
             ids = generate(
-                self.model,
+                model,
                 self.tokenizer.encode(text),
                 self.cfg.sample_tokens,
                 stop_id=self.tokenizer.eot_id,
                 generator=gen,
             )
             samples.append({"prompt": text, "output": self.tokenizer.decode(ids)})
-        self.bus.emit(Samples(step=self.step, samples=samples, trend=summarize_trend(self.eval_history)))
         return samples
 
-    def set_activation(self, factory: Callable[[], nn.Module]) -> None:
-        """Give every block's MLP a new activation module (same shapes: no parameter changes)."""
+    def _emit_samples(self, step: int, trend: dict[str, Any] | None, samples: list[dict[str, str]]) -> None:
+        self.bus.emit(Samples(step=step, samples=samples, trend=trend))
+
+    def set_activation(self, factory: Callable[[], nn.Module], key: object) -> None:
+        """Give every block's MLP a new activation module (same shapes: no parameter changes).
+
+        ``key`` identifies the activation (e.g. its canonical formula): a captured step graph is
+        reused when the same key comes back.
+        """
+        self._flush()
         for block in self.model.layers:
             block.mlp.act = factory().to(self.device)
+        if self.graphed is not None:
+            self.graphed.invalidate(key)
 
     # ------------------------------------------------------------------ snapshots and checkpoints
     def snapshot(self) -> Snapshot:
+        """Copies of weights, optimizer moments and guard state (all on the device)."""
         self._flush()
+        names = self.param_names
         return Snapshot(
             step=self.step,
             model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            optimizer=copy.deepcopy(self.optimizer.state_dict()),
+            optimizer={
+                names[id(p)]: {k: v.clone() for k, v in state.items()}
+                for p, state in self.optimizer.state.items()
+            },
             guards={k: v.clone() for k, v in self.guards.items()},
         )
 
     def restore(self, snap: Snapshot) -> None:
-        """Weights, optimizer and guards back to ``snap``; the global step keeps counting."""
+        """Weights, optimizer and guards back to ``snap``, copied in place (captured CUDA graphs
+        keep pointing at the same tensors); the global step keeps counting."""
         self._flush()
-        self.model.load_state_dict(snap.model)
-        self.optimizer.load_state_dict(copy.deepcopy(snap.optimizer))
-        for k, v in snap.guards.items():
-            self.guards[k].copy_(v)
+        with torch.no_grad():
+            self.model.load_state_dict(snap.model)
+            for name, param in self.model.named_parameters():
+                state = self.optimizer.state.get(param)
+                if not state:
+                    continue
+                saved = snap.optimizer.get(name)
+                for key, value in state.items():
+                    if saved is None:  # the snapshot predates the first step: a fresh optimizer
+                        value.zero_()
+                    else:
+                        value.copy_(saved[key])
+            for k, v in snap.guards.items():
+                self.guards[k].copy_(v)
 
     def _checkpoint_step(self) -> int | None:
         if self.last_checkpoint is None:
@@ -493,6 +564,7 @@ class Trainer:
         return int(self.last_checkpoint.stem.split("-")[-1])
 
     def save_checkpoint(self) -> Path | None:
+        """Copy the state to host memory now and write it (temp file, fsync, rename) on the worker."""
         self._flush()
         if not self.ctx.is_main:
             return None
@@ -555,6 +627,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ end
     def _finish(self, status: str, reason: str, elapsed: float) -> RunEnd:
+        self.background.drain()
+        self.background.close()
+        loop_tps = 0.0
+        if self._warm is not None and self.step > self._warm[1]:
+            loop_tps = (
+                (self.step - self._warm[1]) * self.tokens_per_step / (time.perf_counter() - self._warm[0])
+            )
         tokens_per_sec = (
             self._steps_timed * self.tokens_per_step / self._step_seconds if self._step_seconds else 0.0
         )
@@ -566,6 +645,7 @@ class Trainer:
             iters=self.cfg.iters,
             elapsed_s=elapsed,
             tokens_per_sec=tokens_per_sec,
+            loop_tokens_per_sec=loop_tps,
             final_loss=self._last_loss,
             final_val_loss=self.last_val_loss,
             best_val_loss=self.best_val_loss,
