@@ -263,7 +263,7 @@ class Search:
                 t.restore(base)
                 _set_rng_state(base_rng, t.device)
             if not cfg.carry_optimizer_state_across_candidates:
-                t.optimizer.state.clear()
+                _reset_moments(t.optimizer)
             self._activate(cand, log_population=len(population))
             if self._fusion is not None:
                 self._fusion.reset()
@@ -413,11 +413,15 @@ class Search:
             self._acts.append(act)
             return act
 
-        self.trainer.set_activation(factory)
+        self.trainer.set_activation(factory, dumps(self._start_graph))
 
     def _set_graph(self, graph: Graph) -> None:
+        """Swap the graph in place: a compiled model is not retraced (the activation sits behind
+        a graph break), and a captured CUDA step graph is re-captured for a new graph's key."""
         for act in self._acts:
             act.set_graph(graph)
+        if self.trainer.graphed is not None:
+            self.trainer.graphed.invalidate(dumps(graph))
         mc = self.trainer.model_cfg
         if self.config.composed or not isinstance(graph, Basis):
             mc.ffn_activation, mc.activation_graph = "composed", to_json(graph)
@@ -626,6 +630,16 @@ class Search:
         if self.winner is not None:
             self._start_graph = self.winner.graph
         self.resumed = True
+
+
+@torch.no_grad()
+def _reset_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Fresh AdamW state (moments and step count), zeroed in place so that tensors a captured
+    CUDA graph points at stay the same."""
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
 
 
 def _fmt(value: float) -> str:

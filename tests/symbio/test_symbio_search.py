@@ -110,7 +110,7 @@ def test_bad_candidates_never_win_and_ranking_uses_trained_val_losses(chat_file,
     # Re-measure the losing zero-FFN candidate with the trainer's own primitives: from the same
     # initial state, 10 steps on the generation's batches give exactly the recorded val loss.
     fresh, _ = make_trainer(chat_file, tmp_path / "again", CLONES, "--iters", "40", "--seed", seed)
-    fresh.set_activation(lambda: GraphActivation(ZERO_FFN))
+    fresh.set_activation(lambda: GraphActivation(ZERO_FFN), "0")
     fresh.train_steps(10, data_key=0, schedule_start=0, periodic=False)
     assert gen.candidates[0]["name"] == "0-Alpha"
     assert fresh.evaluate() == pytest.approx(gen.candidates[0]["valLoss"], abs=1e-6)
