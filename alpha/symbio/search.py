@@ -371,6 +371,8 @@ class Search:
         w = self.winner
         if w is None:
             return
+        if self.trainer.graphed is not None:  # capture the fused step once, for the rest of the run
+            self.trainer.graphed.invalidate(f"final:{dumps(w.graph)}")
         w.alive = True
         report = Path(self.trainer.ctx.run_dir) / REPORT_FILE
         overhead = self.search_seconds - self.train_seconds
