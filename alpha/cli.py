@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "bench": "alpha.commands.bench",
     "data": "alpha.commands.data",
     "diagnose": "alpha.commands.diagnose",
+    "serve": "alpha.commands.serve",
 }
 
 

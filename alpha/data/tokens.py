@@ -99,6 +99,11 @@ def prepare_tokens(
     if not (target / "meta.json").exists():
         _build_cache(target, data, val, domain, tokenizer, show_progress)
     meta = json.loads((target / "meta.json").read_text())
+    if not meta["train_tokens"]:
+        raise ConfigError(
+            f"the training split of {data_path} is empty: all {meta['val_documents']} document(s) went to "
+            "validation (are they identical?); add more varied data or pass --val-data"
+        )
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(target / "train.bin", dtype=dtype, mode="r")
     valt = np.memmap(target / "val.bin", dtype=dtype, mode="r") if meta["val_tokens"] else np.zeros(0, dtype)

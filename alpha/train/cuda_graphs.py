@@ -75,6 +75,13 @@ class GraphedStep:
         self.graphs: OrderedDict[object, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
 
+    def release(self) -> None:
+        """Free every captured graph (before the process group goes: NCCL work lives in them)."""
+        torch.cuda.synchronize()
+        for graph, _ in self.graphs.values():
+            graph.reset()
+        self.graphs.clear()
+
     def invalidate(self, key: object) -> None:
         """The computation changed (e.g. a new activation); ``key`` names the new one."""
         self.key = key

@@ -409,6 +409,11 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
             _report_failure(bus, trainer, exc)
             bus.close()
             raise
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if trainer.graphed is not None:
+                trainer.graphed.release()
         bus.close()
     return exit_code(end, trainer.stop_signal, bus.stop_request.exit_code if bus.stop_request else None)
 

@@ -125,9 +125,13 @@ class Trainer:
         self.graphed: GraphedStep | None = None
         block = self.model_cfg.block_size
         val_batches = BatchSource(
-            data.val, block, cfg.batch_size, cfg.seed, stream=1, name="validation split"
+            data.val, block, cfg.batch_size * ctx.world_size, cfg.seed, stream=1, name="validation split"
         )
-        self.train_batches = BatchSource(data.train, block, cfg.batch_size, cfg.seed, stream=0)
+        # every rank draws the same global batch and trains on its own slice of it, so N processes
+        # with --batch B see exactly the windows one process with --batch N*B would
+        self.train_batches = BatchSource(
+            data.train, block, cfg.batch_size * ctx.world_size, cfg.seed, stream=0
+        )
         self.val_windows = [
             tuple(t.to(self.device) for t in val_batches.batch((i,))) for i in range(cfg.eval_iters)
         ]
@@ -145,7 +149,8 @@ class Trainer:
         self.retention = Retention(ctx.run_dir, cfg.keep_checkpoints)
         self._pending: list[_PendingStep] = []
         self._mark = time.perf_counter()
-        self._warm: tuple[float, int] | None = None  # (time, step) after the first interval
+        self._warm: tuple[float, int] | None = None
+        self._stop_agreed = False  # (time, step) after the first interval
         self.background = BackgroundWorker()
         self._step_seconds = 0.0
         self._steps_timed = 0
@@ -191,8 +196,11 @@ class Trainer:
     # ------------------------------------------------------------------ one step
     def _windows(self, batch_key: tuple[int, ...]) -> np.ndarray:
         """(K, B, T + 1) token windows for one optimizer step on this rank."""
-        k = self.cfg.grad_accum_steps
-        return np.stack([self.train_batches.windows((*batch_key, self.ctx.rank, m)) for m in range(k)])
+        b, rank = self.cfg.batch_size, self.ctx.rank
+        rows = slice(rank * b, (rank + 1) * b)
+        return np.stack(
+            [self.train_batches.windows((*batch_key, m))[rows] for m in range(self.cfg.grad_accum_steps)]
+        )
 
     def _train_step(self, batch_key: tuple[int, ...], schedule_step: int) -> torch.Tensor:
         lr = lr_at(schedule_step, self.cfg)
@@ -288,7 +296,19 @@ class Trainer:
 
     @property
     def stopping(self) -> bool:
+        if self.ctx.world_size > 1:
+            return self._stop_agreed
+        return self._stop_wanted
+
+    @property
+    def _stop_wanted(self) -> bool:
         return self.stop_signal is not None or self.bus.stop_request is not None
+
+    def _agree_on_stop(self) -> None:
+        """Ranks stop together: only rank 0 has the watchdog, and a signal may reach one rank."""
+        flag = torch.tensor([1.0 if self._stop_wanted else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        self._stop_agreed = bool(flag.item())
 
     def train_steps(
         self,
@@ -338,6 +358,8 @@ class Trainer:
 
     def _at_boundary(self, periodic: bool) -> None:
         cfg, s = self.cfg, self.step
+        if self.ctx.world_size > 1 and (s % cfg.log_every == 0 or s >= cfg.iters):
+            self._agree_on_stop()
         last = s >= cfg.iters
         eval_due = periodic and (s % cfg.eval_interval == 0 or last)
         sample_due = periodic and cfg.sample_interval > 0 and (s % cfg.sample_interval == 0 or last)
@@ -472,30 +494,26 @@ class Trainer:
         return float(total) / len(self.val_windows)
 
     def sample(self) -> None:
-        """Generate from the domain prompts. On CUDA this runs on a worker thread and side stream
-        with a copy of the weights, so training continues meanwhile; the Samples event (labelled
-        with the step it was taken at) is emitted at a later log boundary."""
+        """Generate from the domain prompts. On CUDA this runs on a worker thread with a CPU copy of
+        the model, so it takes nothing from the GPU and training continues meanwhile; the Samples
+        event (labelled with the step it was taken at) is emitted at a later log boundary."""
         step, trend = self.step, summarize_trend(self.eval_history)
         prompts = [self.domain.format_prompt(p) for p in self.domain.prompts[: self.cfg.sample_prompts]]
         if self.device.type != "cuda":
             self._emit_samples(step, trend, self._generate(self.model, prompts, step))
             return
-        sampler = copy.deepcopy(self.model).eval()  # weights and the current activation
+        sampler = copy.deepcopy(self.model)
         for p in sampler.parameters():
             p.grad = None
-        ready = torch.cuda.Event()
-        ready.record()
+        sampler = sampler.to("cpu").eval()  # weights and the current activation
 
         def job() -> list[dict[str, str]]:
-            stream = torch.cuda.Stream(self.device)
-            stream.wait_event(ready)
-            with torch.cuda.stream(stream):
-                return self._generate(sampler, prompts, step)
+            return self._generate(sampler, prompts, step)
 
         self.background.submit(job, lambda samples: self._emit_samples(step, trend, samples))
 
     def _generate(self, model: GPT, prompts: list[str], step: int) -> list[dict[str, str]]:
-        gen = torch.Generator(device=self.device)
+        gen = torch.Generator(device=next(model.parameters()).device)
         gen.manual_seed(self.cfg.seed * 1_000_003 + step)
         samples = []
         for text in prompts:

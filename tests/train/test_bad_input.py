@@ -96,3 +96,14 @@ def test_resume_with_a_different_model_shape(chat_file: Path, tmp_path: Path) ->
         "train", "--resume", "latest", "--run-dir", str(run_dir), "--iters", "4", "--dim", "64"
     )
     assert_one_line_error(result, "model flags differ")
+
+
+def test_all_documents_in_validation(tmp_path: Path) -> None:
+    from alpha.data.corpus import is_validation
+
+    line = next(
+        c for i in range(1000) if is_validation(c := f"<|user|> q{i} <|assistant|> a <|end_of_text|>")
+    )
+    data = tmp_path / "same.txt"
+    data.write_text((line + "\n") * 300)
+    assert_one_line_error(run_alpha(*train(data, "--run-dir", str(tmp_path / "r"))), "training split")

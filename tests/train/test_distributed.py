@@ -1,0 +1,82 @@
+"""Data parallelism with torchrun (CPU, gloo): N processes with --batch B train exactly like one
+process with --batch N*B, write one set of outputs, and resume across a different process count."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_alpha, tiny_train_args
+
+COMMON = (
+    "--iters",
+    "8",
+    "--eval-interval",
+    "4",
+    "--checkpoint-interval",
+    "4",
+    "--sample-interval",
+    "0",
+    "--dropout",
+    "0",
+    "--log-every",
+    "1",
+)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ALPHA_DIST_BACKEND": "gloo"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "alpha",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_at_the_same_global_batch(chat_file: Path, tmp_path: Path) -> None:
+    single = run_alpha(*tiny_train_args(chat_file, tmp_path / "one", *COMMON, "--batch", "8"))
+    assert single.returncode == 0, single.stderr
+    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *COMMON, "--batch", "4"))
+    assert double.returncode == 0, double.stderr[-3000:]
+
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == list(range(1, 9))  # one metrics stream, written by rank 0
+    for a, b in zip(one, two, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=2e-5)
+        assert b["gradNorm"] == pytest.approx(a["gradNorm"], rel=1e-4)
+        assert b["tokens"] == a["tokens"]  # tokens count the global batch
+    assert two[-1]["valLoss"] == pytest.approx(one[-1]["valLoss"], abs=2e-5)
+    assert double.stdout.count("── alpha training ──") == 1  # one log, from rank 0
+    logs = list(tmp_path.glob("train_two.log"))
+    assert len(logs) == 1
+
+    # resume the 2-process checkpoint in one process with the same global batch
+    resumed = run_alpha(
+        "train",
+        "--resume",
+        str(tmp_path / "two" / "checkpoint-4.safetensors"),
+        "--batch",
+        "8",
+        "--run-dir",
+        str(tmp_path / "resumed"),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    for a, b in zip(one[4:], metrics(tmp_path / "resumed"), strict=True):
+        assert b["step"] == a["step"]
+        assert b["loss"] == pytest.approx(a["loss"], abs=2e-5)
