@@ -57,7 +57,7 @@ STAGNATION_REL = 0.001
 class Candidate:
     id: str
     name: str
-    activation: str  # "composed" in composed mode, else the activation's name
+    activation: str  # "composed" in composed mode (as in the ids), else the activation's name
     generation: int
     graph: Graph
     parent_id: str | None = None
@@ -84,7 +84,9 @@ class Candidate:
         return {
             "id": self.id,
             "name": self.name,
-            "activation": self.activation,
+            # the formula or the fixed activation's name, like symbio_candidate_activation (the
+            # reference wrote "composed" here, which no reader could use)
+            "activation": self.formula if self.activation == "composed" else self.activation,
             "generation": self.generation,
             "parentId": self.parent_id,
             "parentName": self.parent_name,
@@ -105,10 +107,11 @@ class Candidate:
         def num(value: Any, default: float) -> float:
             return default if value is None else float(value)
 
+        kind = record["id"].split("_")[1]  # ids are gen{g}_{composed|activation}_{n}
         return cls(
             id=record["id"],
             name=record["name"],
-            activation=record["activation"],
+            activation="composed" if kind == "composed" else record["activation"],
             generation=int(record["generation"]),
             graph=from_json(record["activationGraph"]),
             parent_id=record["parentId"],

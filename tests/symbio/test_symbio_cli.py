@@ -86,7 +86,7 @@ def test_search_outputs_one_winner_everywhere(symbio_run) -> None:
     end = events[-1]["payload"]
     report = (run_dir / "symbio-search-report.md").read_text()
     formula = report.split("**Activation:** ")[1].splitlines()[0]
-    assert end["status"] == "completed" and end["symbioWinner"] == formula
+    assert end["status"] == "completed" and end["symbioWinner"] == formula == winner["activation"]
     assert f"symbio winner: {formula}" in result.stdout and "Infinity" not in report
     final = checkpoint_meta(run_dir / "checkpoint-40.safetensors")
     assert final["modelConfig"]["ffnActivation"] == "composed"

@@ -160,6 +160,7 @@ def test_artifacts_have_the_record_shape_and_one_winner(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / CANDIDATES_FILE).read_text().splitlines()]
     assert [set(r) for r in lines] == [RECORD_KEYS] * 3
     assert lines[2]["valLoss"] is None and lines[1]["tokensPerSec"] == 12345.0
+    assert [r["activation"] for r in lines] == ["silu", "relu", "gelu"]  # formulas, not "composed"
     summary = json.loads((tmp_path / SUMMARY_FILE).read_text())
     assert summary["winner"]["id"] == population[1].id
     assert [c["name"] for c in summary["rankedCandidates"]] == ["relu-Beta", "silu-Alpha", "gelu-Gamma"]
