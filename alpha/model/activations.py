@@ -3,8 +3,8 @@
 ``gelu`` is the tanh approximation (as in GPT-2 and the reference), ``relu2`` is squared ReLU,
 ``swiglu`` is gated (``silu(x W_g) * x W_u``), ``composed`` is an activation graph
 (``ModelConfig.activation_graph``, see alpha.symbio.graph). New activations register a factory
-here. Every non-gated activation shares the same ``fc1``/``fc2`` shapes, so swapping the activation of a
-live model never changes a parameter or optimizer tensor.
+here. Every non-gated activation shares the same ``fc1``/``fc2`` shapes, so swapping the
+activation of a live model never changes a parameter or optimizer tensor.
 """
 
 from __future__ import annotations
