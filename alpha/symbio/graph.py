@@ -191,10 +191,6 @@ def replace_at(graph: Graph, path: Path, new: Graph) -> Graph:
     raise ValueError(f"path {path} does not exist in {graph_name(graph)}")
 
 
-def basis_ops(graph: Graph) -> list[str]:
-    return [node.op for _, node in walk(graph) if isinstance(node, Basis)]
-
-
 # --------------------------------------------------------------------------- names
 
 

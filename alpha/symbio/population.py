@@ -75,10 +75,6 @@ class Candidate:
     def formula(self) -> str:
         return graph_name(self.graph)
 
-    @property
-    def evaluated(self) -> bool:
-        return not math.isnan(self.val_loss) or self.steps > 0
-
     def to_record(self) -> dict[str, Any]:
         """The artifact / SymbioGeneration shape (reference field names; NaN/Inf become null)."""
         return {
