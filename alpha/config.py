@@ -163,6 +163,7 @@ class TrainConfig:
     symbio: bool = False
     symbio_config_path: str | None = None
     symbio_config: dict[str, Any] | None = None
+    symbio_resume_graph: str | None = None  # JSON graph that founds a new composed search
     on_unhealthy: str = "warn"
     remote: bool = True
     upload_final: bool = False
@@ -242,6 +243,14 @@ def validate(model: ModelConfig, train: TrainConfig) -> None:
     _require(
         model.ffn_activation in ACTIVATIONS or model.ffn_activation == "composed",
         f"--activation {model.ffn_activation!r} is not one of {', '.join(ACTIVATIONS)}",
+    )
+    _require(
+        model.ffn_activation != "composed" or model.activation_graph is not None,
+        "a composed FFN activation needs --activation-graph",
+    )
+    _require(
+        model.activation_graph is None or model.ffn_activation == "composed",
+        f"--activation-graph replaces --activation (got --activation {model.ffn_activation})",
     )
     _require(model.soft_cap >= 0, "soft cap must be >= 0")
     _require(train.iters > 0, f"--iters must be > 0 (got {train.iters})")

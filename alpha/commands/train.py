@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from alpha.config import ACTIVATIONS, BACKENDS, DOMAINS, DTYPES, TOKENIZERS, ModelConfig, TrainConfig, resolve
+from alpha.errors import ConfigError
 
 HELP = "train a GPT on a text or chat corpus"
 
@@ -23,6 +24,7 @@ MODEL_FLAGS = {
     "block": "block_size",
     "dropout": "dropout",
     "activation": "ffn_activation",
+    "activation_graph": "activation_graph",
     "ffn_dim": "ffn_dim",
     "soft_cap": "soft_cap",
 }
@@ -62,6 +64,7 @@ TRAIN_FLAGS = {
     "resume": "resume",
     "symbio": "symbio",
     "symbio_config": "symbio_config_path",
+    "symbio_resume_graph": "symbio_resume_graph",
     "on_unhealthy": "on_unhealthy",
     "remote": "remote",
     "upload_final": "upload_final",
@@ -90,6 +93,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(g, "--block", type=int, help="context length T")
     _flag(g, "--dropout", type=float, help="dropout probability")
     _flag(g, "--activation", choices=list(ACTIVATIONS), help="FFN activation")
+    _flag(
+        g,
+        "--activation-graph",
+        type=_activation_graph,
+        help="FFN activation given as a composed graph (JSON, e.g. a symbio winner's activationGraph)",
+    )
     _flag(g, "--ffn-dim", "--ffnDim", type=int, help="FFN hidden width (default 4C; swiglu 8C/3)")
     _flag(g, "--soft-cap", type=float, help="tanh soft-cap on attention scores (0 = off, flash path)")
 
@@ -151,6 +160,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("symbiogenesis, health, reporting")
     g.add_argument("--symbio", action="store_true", default=None, help="run the activation search")
     _flag(g, "--symbio-config", help="symbio JSON config")
+    _flag(
+        g,
+        "--symbio-resume-graph",
+        help="activation graph (JSON) that founds a composed search: candidate 0 plus mutations of it",
+    )
     _flag(g, "--on-unhealthy", choices=["warn", "stop"], help="watchdog action (default warn)")
     g.add_argument(
         "--remote",
@@ -169,9 +183,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument(f"--{name}", dest=f"ignored_{name}", default=None, nargs="?", help=argparse.SUPPRESS)
 
 
+def _activation_graph(text: str) -> dict[str, Any]:
+    """``--activation-graph``: a validated graph in its canonical JSON form."""
+    from alpha.symbio.graph import loads, to_json
+
+    try:
+        return to_json(loads(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
     """Resolve presets and defaults; does not validate (callers call config.validate)."""
     model_flags = {field: getattr(args, dest) for dest, field in MODEL_FLAGS.items()}
+    if model_flags["activation_graph"] is not None and model_flags["ffn_activation"] is None:
+        model_flags["ffn_activation"] = "composed"
     train_flags = {field: getattr(args, dest) for dest, field in TRAIN_FLAGS.items()}
     if getattr(args, "fp16", None) and train_flags["dtype"] is None:
         train_flags["dtype"] = "bf16"

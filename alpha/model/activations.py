@@ -1,10 +1,10 @@
 """FFN activations: a registry of named element-wise activations and the MLP that uses them.
 
 ``gelu`` is the tanh approximation (as in GPT-2 and the reference), ``relu2`` is squared ReLU,
-``swiglu`` is gated (``silu(x W_g) * x W_u``). New activations register a factory here; the
-symbiogenesis search registers ``composed`` (an activation graph evaluated as a module). Every
-non-gated activation shares the same ``fc1``/``fc2`` shapes, so swapping the activation of a
-live model never changes a parameter or optimizer tensor.
+``swiglu`` is gated (``silu(x W_g) * x W_u``), ``composed`` is an activation graph
+(``ModelConfig.activation_graph``, see alpha.symbio.graph). New activations register a factory
+here. Every non-gated activation shares the same ``fc1``/``fc2`` shapes, so swapping the
+activation of a live model never changes a parameter or optimizer tensor.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpha.config import ModelConfig
+from alpha.symbio.graph import GraphActivation, from_json
 
 
 class Elementwise(nn.Module):
@@ -42,12 +43,21 @@ def _relu2(x: torch.Tensor) -> torch.Tensor:
 
 ActivationFactory = Callable[[ModelConfig], nn.Module]
 
+
+def _composed(cfg: ModelConfig) -> nn.Module:
+    """The activation graph stored in the config (a symbio search's candidate or winner)."""
+    if cfg.activation_graph is None:
+        raise ValueError("ffn_activation 'composed' needs an activation_graph")
+    return GraphActivation(from_json(cfg.activation_graph))
+
+
 ACTIVATIONS: dict[str, ActivationFactory] = {
     "gelu": lambda cfg: Elementwise("gelu", _gelu_tanh),
     "relu": lambda cfg: Elementwise("relu", F.relu),
     "silu": lambda cfg: Elementwise("silu", F.silu),
     "relu2": lambda cfg: Elementwise("relu2", _relu2),
     "swiglu": lambda cfg: Elementwise("silu", F.silu),  # the gate's nonlinearity
+    "composed": _composed,
 }
 GATED = {"swiglu"}
 

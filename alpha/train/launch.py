@@ -28,7 +28,6 @@ from alpha.config import (
     TrainConfig,
     config_hash,
     domain_for,
-    load_json_object,
     new_run_id,
     validate,
 )
@@ -73,9 +72,9 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
     if args.resume:
         return _plan_resume(args, *given_flags(args))
     model_cfg, train_cfg = configs_from_args(args)
-    if train_cfg.symbio:
-        _load_symbio_config(train_cfg)
     validate(model_cfg, train_cfg)
+    if train_cfg.symbio:
+        _load_symbio_config(model_cfg, train_cfg)
     if train_cfg.run_dir:
         run_dir = Path(train_cfg.run_dir)
         run_id = run_dir.name
@@ -85,11 +84,11 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
     return RunPlan(model_cfg, train_cfg, run_id, run_dir)
 
 
-def _load_symbio_config(train_cfg: TrainConfig) -> None:
-    if train_cfg.symbio_config_path:
-        train_cfg.symbio_config = load_json_object(train_cfg.symbio_config_path, "symbio config")
-    else:
-        train_cfg.symbio_config = {}
+def _load_symbio_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Validate the symbio config (and that the search fits the run) before anything starts."""
+    from alpha.symbio.search import prepare_config
+
+    prepare_config(model_cfg, train_cfg)
 
 
 def _find_resume_checkpoint(resume: str, run_dir: str | None) -> Path:
@@ -134,9 +133,9 @@ def _plan_resume(
         raise ConfigError(f"cannot resume {path}: model flags differ: {', '.join(mismatched)}")
     for field, value in train_given.items():
         setattr(train_cfg, field, value)
-    if "symbio_config_path" in train_given:
-        _load_symbio_config(train_cfg)
     validate(model_cfg, train_cfg)
+    if "symbio_config_path" in train_given or (train_cfg.symbio and train_cfg.symbio_config is None):
+        _load_symbio_config(model_cfg, train_cfg)
     if ckpt.step >= train_cfg.iters:
         raise ConfigError(
             f"checkpoint is at step {ckpt.step}, already at --iters {train_cfg.iters}; raise --iters"

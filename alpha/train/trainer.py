@@ -138,6 +138,8 @@ class Trainer:
         self.tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * block * ctx.world_size
         self.step = 0
         self.components: dict[str, Stateful] = {}
+        # Called with each step record (host values) just before it is emitted; may add fields.
+        self.step_hooks: list[Callable[[dict[str, Any]], None]] = []
         self.driver: Callable[[Trainer], None] | None = None
         self.stop_signal: int | None = None
         self.eval_history: list[tuple[int, float, float]] = []
@@ -316,6 +318,8 @@ class Trainer:
         schedule_start: int | None = None,
         periodic: bool = True,
         step_fields: Callable[[int], dict[str, Any]] | None = None,
+        after_step: Callable[[], None] | None = None,
+        defer_flush: bool = False,
     ) -> StepsSummary:
         """Run up to ``n`` optimizer steps from the current state; each counts toward ``iters``.
 
@@ -323,6 +327,9 @@ class Trainer:
         key trains on identical data. ``schedule_start``: the lr schedule runs from this step instead
         of the global one. ``periodic``: run eval/samples/checkpoints when their interval is due.
         ``step_fields``: extra metric fields for each step record (given the global step).
+        ``after_step``: called after each optimizer update (on-device work only, e.g. weight fusion).
+        ``defer_flush``: keep the last steps' records pending (the device is still synchronised, so
+        the throughput is right) until ``flush``, e.g. to attach a validation loss measured later.
         """
         losses: list[torch.Tensor] = []
         t0, done = time.perf_counter(), 0
@@ -332,13 +339,19 @@ class Trainer:
             key = (0, self.step) if data_key is None else (1, data_key, i)
             sched = self.step if schedule_start is None else schedule_start + i
             values = self._train_step(key, sched)
+            if after_step is not None:
+                after_step()
             self.step += 1
             done += 1
             losses.append(values[0])
             extra = step_fields(self.step) if step_fields else {}
             self._pending.append(_PendingStep(self.step, values, extra))
-            self._at_boundary(periodic)
-        self._flush()
+            if not (defer_flush and i == n - 1):
+                self._at_boundary(periodic)
+        if defer_flush:
+            self._sync()
+        else:
+            self._flush()
         elapsed = max(time.perf_counter() - t0, 1e-9)
         mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
         return StepsSummary(done, mean_loss, done * self.tokens_per_step / elapsed)
@@ -363,15 +376,21 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _flush(self, evaluate: bool = False) -> None:
+    def flush(self, val_loss: float | None = None) -> None:
+        """Emit the pending step records; ``val_loss`` (measured by the caller on the fixed val
+        windows) is attached to the last one and recorded as an eval, as a periodic eval would be."""
+        self._flush(val_loss=val_loss)
+
+    def _flush(self, evaluate: bool = False, val_loss: float | None = None) -> None:
         """Read back pending step values in one transfer, emit their Step events (+ Eval)."""
-        if not self._pending and not evaluate:
+        if not self._pending and not evaluate and val_loss is None:
             return
         self._sync()
         wall = time.perf_counter() - self._mark
         pending, self._pending = self._pending, []
         rows = torch.stack([p.values for p in pending]).tolist() if pending else []
-        val_loss = self.evaluate() if evaluate else None
+        if evaluate:
+            val_loss = self.evaluate()
         if val_loss is not None and pending:
             pending[-1].extra["valLoss"] = val_loss
         per_step = wall / max(1, len(rows))
@@ -417,6 +436,8 @@ class Trainer:
             metrics["skipped"] = skipped
             self._skip_event(p.step, skipped, loss, gnorm)
         metrics.update(p.extra)
+        for hook in self.step_hooks:
+            hook(metrics)
         self._last_loss = loss if math.isfinite(loss) else self._last_loss
         self.bus.emit(Step(step=p.step, metrics=metrics))
 

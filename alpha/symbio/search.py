@@ -1,0 +1,661 @@
+"""The generation loop: fork-and-compare from a shared snapshot, select on measured val loss.
+
+Each generation:
+
+1. snapshot the trainer (weights, AdamW moments, guards) and the torch RNG;
+2. for every candidate: restore the snapshot, install its activation in every block, train
+   ``stepsPerCandidate`` steps on the generation's batches (identical for every candidate: one
+   data key) with the learning rates of the generation's first steps (identical too), then
+   measure the loss on the trainer's fixed validation windows;
+3. rank by ``rankBy``; the winner's trained state (not a retrain) is where the run continues;
+4. adapt the population (per generation, from the winners' val losses), select parents
+   (``topk`` / ``tournament``), breed the next generation with the mutation rate;
+5. rewrite the artifacts, emit a SymbioGeneration event, and run the evals, samples and
+   checkpoints whose interval came due during the generation (checkpoints therefore always hold a
+   winner's state and the search state of the next generation, so a resume continues exactly).
+
+Every candidate step is an optimizer step of the run and counts toward ``--iters``. When the
+search ends (its generations are done, or fewer than two candidates fit in the remaining steps),
+the winner's graph trains for the rest of the run. A stop (signal, watchdog) in the middle of a
+generation rewinds to the generation's snapshot, so the checkpoint written then is consistent.
+
+The search also owns the CUSUM monitor (a step hook for the whole run) and the optional weight
+fusion: after every candidate step, shadow <- shadow + η(p - shadow), p <- p + α(shadow - p)
+with η = ``fusionShadowEma`` and a constant α = ``fusionMaxStrength`` (the reference's Kuramoto
+controller saturated at that value anyway). The shadow restarts from the weights at the start of
+every candidate window, so every candidate gets the same fusion and no extra state is needed to
+resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from alpha.config import ModelConfig, TrainConfig
+from alpha.errors import ConfigError
+from alpha.events import Alert, SymbioGeneration
+from alpha.symbio.config import SymbioConfig, from_wire, load_symbio_config
+from alpha.symbio.cusum import CusumMonitor
+from alpha.symbio.graph import Basis, Graph, GraphActivation, Mul, dumps, from_json, loads, to_json
+from alpha.symbio.mutate import mutate
+from alpha.symbio.population import (
+    Candidate,
+    Namer,
+    PopulationController,
+    breed,
+    fitness,
+    initial_population,
+    plan_budget,
+    rank,
+    rank_key,
+    select_parents,
+)
+from alpha.symbio.report import REPORT_FILE, SearchState, write_artifacts
+
+if TYPE_CHECKING:
+    from alpha.train.trainer import Snapshot, Trainer
+
+STATE_VERSION = 1
+# A candidate's graph is compiled on CUDA only when its window is long enough to repay the
+# compile (about a second per distinct graph); short windows run the generated code eagerly.
+COMPILE_MIN_STEPS = 200
+
+
+# --------------------------------------------------------------------------- set-up (CLI edge)
+
+
+def prepare_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Load and validate ``--symbio-config`` (or the defaults) and check it fits the run.
+
+    Stores the merged config (reference wire form) in ``train_cfg.symbio_config`` and the one-time
+    warnings in ``train_cfg.extra["symbio_warnings"]``. Raises ConfigError (exit 2) when the search
+    cannot run.
+    """
+    config = load_symbio_config(train_cfg.symbio_config_path)
+    train_cfg.symbio_config = config.to_wire()
+    warnings = config.no_effect_warnings() + check_fits(config, model_cfg, train_cfg)
+    train_cfg.extra["symbio_warnings"] = warnings
+    if train_cfg.symbio_resume_graph is not None:
+        resume_graph(config, train_cfg.symbio_resume_graph)
+
+
+def resume_graph(config: SymbioConfig, text: str) -> Graph:
+    """The ``--symbio-resume-graph`` graph, checked against the config's limits."""
+    if not config.composed:
+        raise ConfigError("--symbio-resume-graph needs searchMode composed-activation-search")
+    try:
+        return loads(text, max_depth=config.max_graph_depth, max_nodes=config.max_graph_nodes)
+    except ConfigError as exc:
+        raise ConfigError(f"--symbio-resume-graph: {exc}") from None
+
+
+def check_fits(config: SymbioConfig, model_cfg: ModelConfig, train_cfg: TrainConfig) -> list[str]:
+    """ConfigError when the search cannot run; warnings (with real step counts) when it is cut."""
+    if not config.searching:
+        return []
+    if model_cfg.ffn_activation == "swiglu":
+        raise ConfigError(
+            "--symbio swaps element-wise FFN activations; --activation swiglu is gated "
+            "(use gelu, relu, silu or relu2 as the starting activation)"
+        )
+    budget = plan_budget(config, train_cfg.iters)
+    s, p, g = budget.steps_per_candidate, config.population_size, config.generations
+    if 2 * s > train_cfg.iters:
+        raise ConfigError(
+            f"symbio search cannot run: one generation needs at least 2 candidates × {s} steps = "
+            f"{2 * s} steps, but --iters is {train_cfg.iters}"
+        )
+    if budget.max_steps <= train_cfg.iters:
+        return []
+    adaptive = f" ({budget.min_steps:,} to {budget.max_steps:,} with population adaptation)"
+    return [
+        f"symbio search: {p} candidates × {s} steps × {g} generations = {budget.nominal_steps:,} steps"
+        + (adaptive if budget.min_steps != budget.max_steps else "")
+        + f", but --iters is {train_cfg.iters:,}: the search stops at the last generation that fits "
+        "(a final generation may be smaller)"
+    ]
+
+
+def attach_search(
+    trainer: Trainer, symbio_config: dict[str, Any] | None, founders: list[Graph] | None = None
+) -> Search:
+    """Make the search a component of ``trainer`` (saved in checkpoints) and its driver."""
+    config = from_wire(symbio_config) if symbio_config else SymbioConfig()
+    warnings = list(trainer.cfg.extra.get("symbio_warnings", []))
+    search = Search(trainer, config, warnings=warnings, founders=founders)
+    trainer.components["symbio"] = search
+    trainer.driver = search.run
+    return search
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+class Fusion:
+    """Pull the weights toward an EMA shadow of themselves after every optimizer step."""
+
+    def __init__(self, params: list[torch.Tensor], ema: float, strength: float) -> None:
+        self.params = params
+        self.ema = ema
+        self.strength = strength
+        self.shadow: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        torch._foreach_lerp_(self.shadow, self.params, self.ema)
+        torch._foreach_lerp_(self.params, self.shadow, self.strength)
+
+
+def base_graph(model_cfg: ModelConfig) -> Graph:
+    """The graph of the model's starting activation."""
+    act = model_cfg.ffn_activation
+    if act == "composed" and model_cfg.activation_graph is not None:
+        return from_json(model_cfg.activation_graph)
+    if act == "relu2":
+        return Mul(Basis("relu"), Basis("relu"))
+    return Basis(act if act in ("gelu", "relu", "silu") else "gelu")
+
+
+# --------------------------------------------------------------------------- the search
+
+
+class Search:
+    """``founders``: generation 0's graphs (default: the pool, or ``--symbio-resume-graph`` and
+    mutations of it)."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        config: SymbioConfig,
+        *,
+        warnings: list[str] | None = None,
+        founders: list[Graph] | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.config = config
+        self.founders = founders
+        self.warnings = warnings or []
+        self.steps_per_candidate = plan_budget(config, trainer.cfg.iters).steps_per_candidate
+        self.rng = random.Random(trainer.cfg.seed)
+        self.namer = Namer(config.composed)
+        self.controller = PopulationController.from_config(config)
+        self.monitor = CusumMonitor(config.cusum_sensitivity, config.cusum_baseline_window)
+        self.candidates: list[Candidate] = []
+        self.population: list[Candidate] = []
+        self.generation = 0  # index of the population to evaluate next
+        self.history: list[dict[str, Any]] = []
+        self.winner: Candidate | None = None
+        self.finished = not config.searching
+        self.search_steps = 0
+        self.train_seconds = 0.0
+        self.search_seconds = 0.0
+        self.resumed = False
+        self.mutation_rate = config.mutation_rate  # the rate that bred the current population
+        self.current: Candidate | None = None
+        self._best_loss = math.inf
+        self._acts: list[GraphActivation] = []
+        self._start_graph = base_graph(trainer.model_cfg)
+        self._fusion: Fusion | None = None
+        if config.searching and config.fuse_weights_each_step:
+            params = [p for p in trainer.model.parameters() if p.is_floating_point()]
+            self._fusion = Fusion(params, config.fusion_shadow_ema, config.fusion_max_strength)
+        trainer.step_hooks.append(self._on_step)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def winner_name(self) -> str | None:
+        """The winner's formula (RunEnd's ``symbio_winner``)."""
+        return self.winner.formula if self.winner is not None else None
+
+    def run(self, trainer: Trainer) -> None:
+        """The trainer's driver: runs the remaining generations, then installs the winner."""
+        self._announce()
+        if self.finished:
+            return
+        self._install()
+        if not self.population:
+            room = (trainer.cfg.iters - trainer.step) // self.steps_per_candidate
+            self.population = self._founding_population(min(self.config.population_size, room))
+            self.candidates.extend(self.population)
+        while not self.finished and not trainer.stopping:
+            self._run_generation()
+
+    def _founding_population(self, size: int) -> list[Candidate]:
+        cfg, namer = self.config, self.namer
+        activation = "composed" if cfg.composed else None
+        if self.founders:
+            return [
+                namer.founder(i, 0, g, activation or getattr(g, "op", "composed"))
+                for i, g in enumerate(self.founders[:size])
+            ]
+        text = self.trainer.cfg.symbio_resume_graph
+        if text is None:
+            return initial_population(cfg, namer, size)
+        first = namer.founder(0, 0, resume_graph(cfg, text), "composed")
+        first.mutation_applied = "resume"
+        children = [
+            mutate(first.graph, self.rng, cfg.basis_pool, cfg.max_graph_depth, cfg.max_graph_nodes)
+            for _ in range(size - 1)
+        ]
+        return [first] + [namer.child(first, 0, child) for child in children]
+
+    # ------------------------------------------------------------------ one generation
+    def _run_generation(self) -> None:
+        t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
+        start, began = t.step, time.perf_counter()
+        base = t.snapshot()
+        base_rng = _rng_state(t.device)
+        best: Candidate | None = None
+        best_state: tuple[Snapshot, dict[str, torch.Tensor]] | None = None
+        population = self.population
+        for k, cand in enumerate(population):
+            last = k == len(population) - 1
+            if k > 0:
+                t.restore(base)
+                _set_rng_state(base_rng, t.device)
+            if not cfg.carry_optimizer_state_across_candidates:
+                _reset_moments(t.optimizer)
+            self._activate(cand, log_population=len(population))
+            if self._fusion is not None:
+                self._fusion.reset()
+            fields = self._step_fields(cand)
+            trained_at = time.perf_counter()
+            summary = t.train_steps(
+                steps,
+                data_key=start,
+                schedule_start=start,
+                periodic=False,
+                step_fields=lambda _step, f=fields: dict(f),
+                after_step=self._fusion,
+                defer_flush=last,
+            )
+            self.train_seconds += time.perf_counter() - trained_at
+            if summary.steps < steps:  # stopped mid-generation
+                self._rewind(base, base_rng, start)
+                return
+            cand.steps = summary.steps
+            cand.tokens_per_sec = summary.tokens_per_sec
+            cand.val_loss = self._evaluate()
+            cand.fitness = fitness(cand.val_loss, cand.graph, cfg)
+            if not last:
+                cand.best_loss = self._best_loss
+                self._log_candidate(cand)
+            if best is None or rank_key(cand, cfg.rank_by) < rank_key(best, cfg.rank_by):
+                best = cand
+                best_state = None if last else (t.snapshot(), _rng_state(t.device))
+        assert best is not None
+        eval_due = self._due(t.cfg.eval_interval, start)
+        t.flush(val_loss=best.val_loss if eval_due else None)  # the last candidate's records
+        population[-1].best_loss = self._best_loss
+        self._log_candidate(population[-1])
+        if best_state is not None:
+            t.restore(best_state[0])
+            _set_rng_state(best_state[1], t.device)
+        self._activate(best, announce=False)
+        if self.winner is not None:
+            self.winner.alive = False
+        self.winner = best
+        self.search_steps += steps * len(population)
+        self._close_generation(population, best, start, began)
+
+    def _close_generation(
+        self, population: list[Candidate], best: Candidate, start: int, began: float
+    ) -> None:
+        t, cfg = self.trainer, self.config
+        previous = self.history[-1]["bestValLoss"] if self.history else None
+        seconds = time.perf_counter() - began
+        self.search_seconds += seconds
+        self.history.append(
+            {
+                "generation": self.generation,
+                "population": len(population),
+                "mutationRate": self.mutation_rate,
+                "winnerId": best.id,
+                "winnerName": best.name,
+                "winnerFormula": best.formula,
+                "bestValLoss": best.val_loss if math.isfinite(best.val_loss) else None,
+                "step": t.step,
+                "seconds": round(seconds, 3),
+            }
+        )
+        for cand in population:
+            cand.alive = cand is best  # the state the run continues from
+        if previous is not None and self.controller.observe(previous, best.val_loss, t.step):
+            self._say(
+                f"population dynamics → pop={self.controller.size} (scale={self.controller.scale:.2f}) "
+                f"mut={self.controller.mutation_rate:.3f} | {self.controller.last_reason}"
+            )
+        t.bus.emit(
+            SymbioGeneration(
+                step=t.step,
+                generation=self.generation,
+                candidates=[c.to_record() for c in population],
+                winner=best.to_record(),
+                best_val_loss=best.val_loss,
+            )
+        )
+        self.generation += 1
+        size = min(self.controller.size, (t.cfg.iters - t.step) // self.steps_per_candidate)
+        if self.generation >= cfg.generations or size < 2:
+            self._finish()
+        else:
+            self.mutation_rate = self.controller.mutation_rate
+            ranked = rank(population, cfg.rank_by)
+            parents = select_parents(
+                ranked, math.ceil(size / 2), cfg.selection_strategy, cfg.tournament_k, self.rng
+            )
+            self.population = breed(
+                parents, size, self.mutation_rate, self.generation, cfg, self.namer, self.rng
+            )
+            self.candidates.extend(self.population)
+        self._write_artifacts()
+        self._periodic(start)
+
+    def _finish(self) -> None:
+        """The search is over: the winner's graph (already installed) trains for the rest."""
+        self.finished = True
+        self.population = []
+        self.current = None
+        self.monitor.switch()  # the winner's own speed and gradient scale from here on
+        for act in self._acts:
+            act.swappable = False  # a compiled model may now inline and fuse the winner
+        w = self.winner
+        if w is None:
+            return
+        if self.trainer.graphed is not None:  # capture the fused step once, for the rest of the run
+            self.trainer.graphed.invalidate(f"final:{dumps(w.graph)}")
+        w.alive = True
+        report = Path(self.trainer.ctx.run_dir) / REPORT_FILE
+        overhead = self.search_seconds - self.train_seconds
+        self._say(
+            "\n".join(
+                [
+                    "── symbio search complete ──",
+                    f"winner: {w.formula} ({w.id}) | bestVal={_fmt(w.val_loss)} | fitness={_fmt(w.fitness)}",
+                    f"search: {self.generation} generations, {len(self.candidates)} candidates, "
+                    f"{self.search_steps:,} steps; {self.train_seconds:.1f}s training, "
+                    f"{overhead:.1f}s selection overhead (evals, snapshots)",
+                    f"report: {report}",
+                ]
+            )
+        )
+
+    def _rewind(self, base: Snapshot, base_rng: dict[str, torch.Tensor], start: int) -> None:
+        """A stop mid-generation: back to the generation's snapshot and step, so the checkpoint
+        written now resumes this generation from its start."""
+        t = self.trainer
+        t.restore(base)
+        _set_rng_state(base_rng, t.device)
+        t.step = start
+        for cand in self.population:
+            cand.steps, cand.val_loss, cand.fitness, cand.best_loss = 0, math.nan, math.nan, math.inf
+            cand.tokens_per_sec = math.nan
+        self._set_graph(self.winner.graph if self.winner is not None else self._start_graph)
+        self._say(f"stopped during generation {self.generation}: rewound to its start (step {start})")
+
+    # ------------------------------------------------------------------ helpers
+    def _install(self) -> None:
+        """Give every block a swappable graph activation, once; later swaps change graphs only."""
+        if self._acts:
+            return
+        on_cuda = self.trainer.device.type == "cuda"
+        compile_act = None if on_cuda and self.steps_per_candidate >= COMPILE_MIN_STEPS else False
+
+        def factory() -> GraphActivation:
+            act = GraphActivation(self._start_graph, swappable=True, compile=compile_act)
+            self._acts.append(act)
+            return act
+
+        self.trainer.set_activation(factory, dumps(self._start_graph))
+
+    def _set_graph(self, graph: Graph) -> None:
+        """Swap the graph in place: a compiled model is not retraced (the activation sits behind
+        a graph break), and a captured CUDA step graph is re-captured for a new graph's key."""
+        for act in self._acts:
+            act.set_graph(graph)
+        if self.trainer.graphed is not None:
+            self.trainer.graphed.invalidate(dumps(graph))
+        mc = self.trainer.model_cfg
+        if self.config.composed or not isinstance(graph, Basis):
+            mc.ffn_activation, mc.activation_graph = "composed", to_json(graph)
+        else:
+            mc.ffn_activation, mc.activation_graph = graph.op, None
+
+    def _activate(self, cand: Candidate, *, log_population: int | None = None, announce: bool = True) -> None:
+        self._set_graph(cand.graph)
+        self.current = cand
+        self._best_loss = math.inf
+        self.monitor.switch()
+        if announce:
+            params = self.trainer.model.num_params()
+            self._say(
+                f"→ gen={cand.generation} candidate={cand.name} ({cand.id}) activation={cand.formula} "
+                f"params={params:,} pop={log_population} mut={self.mutation_rate:.3f}",
+                level="debug",
+            )
+
+    def _log_candidate(self, cand: Candidate) -> None:
+        self._say(
+            f"candidate {cand.name} done: bestLoss={_fmt(cand.best_loss)} bestVal={_fmt(cand.val_loss)} "
+            f"fitness={_fmt(cand.fitness)} | {cand.tokens_per_sec:,.0f} tok/s",
+            level="debug",
+        )
+
+    def _evaluate(self) -> float:
+        """Val loss on the fixed windows; under DDP every rank uses rank 0's value (one winner)."""
+        t = self.trainer
+        value = t.evaluate()
+        if t.ctx.world_size > 1:
+            box = torch.tensor([value], device=t.device, dtype=torch.float64)
+            torch.distributed.broadcast(box, src=0)
+            value = float(box.item())
+        return value
+
+    def _step_fields(self, cand: Candidate) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "symbio_candidate_id": cand.id,
+            "symbio_candidate_name": cand.name,
+            "symbio_candidate_activation": cand.formula if self.config.composed else cand.activation,
+            "symbio_candidate_parent_id": cand.parent_id,
+            "symbio_candidate_parent_name": cand.parent_name,
+            "symbio_generation": cand.generation,
+            "symbio_activation_graph": dumps(cand.graph) if self.config.composed else None,
+        }
+        if cand.mutation_applied is not None:
+            fields["symbio_mutation_applied"] = cand.mutation_applied
+        if self.config.track_population_metrics and self.population:
+            distinct = len({dumps(c.graph) for c in self.population})
+            fields["architecture_diversity"] = distinct / len(self.population)
+        return fields
+
+    def _due(self, interval: int | None, start: int) -> bool:
+        """Did a multiple of ``interval`` fall in (start, step], or is this the last step?"""
+        step = self.trainer.step
+        if step >= self.trainer.cfg.iters:
+            return True
+        return bool(interval) and step // interval > start // interval  # type: ignore[operator]
+
+    def _periodic(self, start: int) -> None:
+        """Samples and checkpoints whose interval came due during the generation."""
+        t = self.trainer
+        if t.cfg.sample_interval > 0 and self._due(t.cfg.sample_interval, start) and t.ctx.is_main:
+            t.sample()
+        if self._due(t.cfg.checkpoint_interval, start):
+            t.save_checkpoint()
+
+    def _on_step(self, metrics: dict[str, Any]) -> None:
+        """Step hook (every step of the run): candidate best loss, CUSUM fields and alerts."""
+        loss = metrics.get("loss")
+        if self.current is not None and not self.finished and loss is not None and math.isfinite(loss):
+            self._best_loss = min(self._best_loss, loss)
+        val = metrics.get("valLoss")
+        if val is not None:
+            self.monitor.update_val(val)
+        clip = metrics.get("clip_coef")
+        reading = self.monitor.update(
+            metrics.get("gradNorm"), clip is not None and clip < 1.0, metrics.get("tokens_per_sec")
+        )
+        metrics.update(reading.fields())
+        if reading.alerts:
+            self.trainer.bus.emit(
+                Alert(
+                    step=metrics["step"],
+                    kind="symbio_cusum_alert",
+                    level="warn",
+                    text="CUSUM alert: " + "; ".join(reading.reasons),
+                    data={**reading.values, "alerts": reading.alerts},
+                )
+            )
+        interval = self.config.metrics_interval
+        if self.config.track_effective_rank and metrics["step"] % interval == 0:
+            metrics["effective_rank"] = self._effective_rank()
+
+    @torch.no_grad()
+    def _effective_rank(self) -> float:
+        """Mean over the FFN input matrices of exp(entropy of the normalised singular values)."""
+        ranks = []
+        for name, p in self.trainer.model.named_parameters():
+            if name.endswith("mlp.fc1.weight"):
+                s = torch.linalg.svdvals(p.float())
+                q = s / s.sum().clamp_min(1e-12)
+                ranks.append(torch.exp(-(q * q.clamp_min(1e-12).log()).sum()))
+        return float(torch.stack(ranks).mean()) if ranks else math.nan
+
+    def _say(self, text: str, level: str = "info") -> None:
+        self.trainer.bus.emit(Alert(step=self.trainer.step, kind="symbio", level=level, text=text))
+
+    def _announce(self) -> None:
+        cfg, t = self.config, self.trainer
+        for warning in self.warnings:
+            t.bus.emit(Alert(step=t.step, kind="symbio_config", level="warn", text=warning))
+        self.warnings = []
+        lines = [
+            f"enabled | activation={t.model_cfg.ffn_activation} | cusum_sens={cfg.cusum_sensitivity:g} "
+            f"| metrics_interval={cfg.metrics_interval}"
+        ]
+        if cfg.population_adaptation:
+            lines.append(
+                f"population_adaptation=ON scale=[{cfg.population_scale_min:g},{cfg.population_scale_max:g}] "
+                f"step={cfg.population_scale_step:g} cooldown={cfg.population_adaptation_cooldown}"
+            )
+        lines.append(
+            "continuity=fork-and-compare "
+            f"carry_optim={str(cfg.carry_optimizer_state_across_candidates).lower()} constant_ffn_dim=true"
+        )
+        if self._fusion is not None:
+            lines.append(f"fusion=ON shadow_ema={cfg.fusion_shadow_ema:g} alpha={cfg.fusion_max_strength:g}")
+        if cfg.searching:
+            budget = plan_budget(cfg, t.cfg.iters)
+            lines.append(
+                f"search: mode={cfg.search_mode} | base={cfg.population_size} candidates × "
+                f"{self.steps_per_candidate} steps × {cfg.generations} gens "
+                f"≈ {budget.nominal_steps:,} total steps"
+            )
+        if self.resumed:
+            state = "finished" if self.finished else f"at generation {self.generation}"
+            lines.append(f"resumed {state} ({len(self.candidates)} candidates so far)")
+        self._say("\n".join(lines) if len(lines) > 1 else lines[0])
+
+    def _write_artifacts(self) -> None:
+        if not self.trainer.ctx.is_main:
+            return
+        wire = self.config.to_wire()
+        wire["stepsPerCandidate"] = self.steps_per_candidate
+        state = SearchState(
+            candidates=[c.to_record() for c in self.candidates],
+            winner_id=self.winner.id if self.winner else None,
+            generation=max(0, self.generation - 1),
+            config=wire,
+            rank_by=self.config.rank_by,
+            strategy=self.config.search_strategy,
+            finished=self.finished,
+            search_steps=self.search_steps,
+            history=self.history,
+            timing={
+                "trainSeconds": round(self.train_seconds, 3),
+                "searchSeconds": round(self.search_seconds, 3),
+            },
+        )
+        write_artifacts(self.trainer.ctx.run_dir, state)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "version": STATE_VERSION,
+            "generation": self.generation,
+            "finished": self.finished,
+            "stepsPerCandidate": self.steps_per_candidate,
+            "mutationRate": self.mutation_rate,
+            "candidates": [c.to_record() for c in self.candidates],
+            "population": [c.id for c in self.population],
+            "winnerId": self.winner.id if self.winner else None,
+            "history": self.history,
+            "searchSteps": self.search_steps,
+            "trainSeconds": self.train_seconds,
+            "searchSeconds": self.search_seconds,
+            "namer": self.namer.counter,
+            "rng": [version, list(internal), gauss],
+            "controller": self.controller.state_dict(),
+            "monitor": self.monitor.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ConfigError(f"checkpoint holds symbio search state version {state.get('version')!r}")
+        self.candidates = [Candidate.from_record(r) for r in state["candidates"]]
+        by_id = {c.id: c for c in self.candidates}
+        self.population = [by_id[i] for i in state["population"]]
+        self.winner = by_id.get(state["winnerId"]) if state["winnerId"] else None
+        self.generation = int(state["generation"])
+        self.finished = bool(state["finished"])
+        self.steps_per_candidate = int(state["stepsPerCandidate"])
+        self.mutation_rate = float(state["mutationRate"])
+        self.history = list(state["history"])
+        self.search_steps = int(state["searchSteps"])
+        self.train_seconds = float(state["trainSeconds"])
+        self.search_seconds = float(state["searchSeconds"])
+        self.namer.counter = int(state["namer"])
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.controller.load_state_dict(state["controller"])
+        self.monitor.load_state_dict(state["monitor"])
+        if self.winner is not None:
+            self._start_graph = self.winner.graph
+        self.resumed = True
+
+
+@torch.no_grad()
+def _reset_moments(optimizer: torch.optim.Optimizer) -> None:
+    """Fresh AdamW state (moments and step count), zeroed in place so that tensors a captured
+    CUDA graph points at stay the same."""
+    for state in optimizer.state.values():
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else "N/A"
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
