@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--vocab", type=int, default=4000)
     p.add_argument("--activation", default="gelu")
+    p.add_argument("--activation-graph", default=None, help="JSON activation graph (implies composed)")
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps first (compilation)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
@@ -72,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
             "n_head": shape["heads"],
             "n_layer": shape["layers"],
             "block_size": shape["block"],
-            "ffn_activation": args.activation,
-            "dropout": 0.0,
+            "ffn_activation": "composed" if args.activation_graph else args.activation,
+            "activation_graph": _graph(args.activation_graph),
+            "dropout": args.dropout,
         },
         {
             "data": "<random>",
@@ -167,6 +170,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(results)
     return 0
+
+
+def _graph(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    from alpha.commands.train import _activation_graph
+
+    try:
+        return _activation_graph(text)
+    except argparse.ArgumentTypeError as exc:
+        from alpha.errors import ConfigError
+
+        raise ConfigError(f"--activation-graph: {exc}") from None
 
 
 def _plain_loop(
