@@ -357,6 +357,9 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        # the host only feeds the GPU; CPU ops (background sampling) must not flood every core
+        # with spinning OpenMP threads that the loop then waits behind
+        torch.set_num_threads(min(torch.get_num_threads(), 2))
     plan.run_id = _broadcast(plan.run_id, world)
     plan.run_dir = Path(_broadcast(str(plan.run_dir), world))
     cfg.run_dir = str(plan.run_dir)
