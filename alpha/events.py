@@ -234,6 +234,8 @@ class RunEnd(Event):
     skipped_steps: int = 0
     clipped_steps: int = 0
     symbio_winner: str | None = None
+    run_dir: str = ""
+    log_path: str = ""
 
     def message(self) -> str:
         text = f"training {self.status} at step {self.step}/{self.iters}"

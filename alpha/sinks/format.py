@@ -161,6 +161,10 @@ def end_lines(event: RunEnd) -> list[str]:
         lines.append(f"final step {event.step}/{event.iters}: " + " ".join(final))
     if event.symbio_winner:
         lines.append(f"symbio winner: {event.symbio_winner}")
+    if event.log_path:
+        lines.append(f"log: {event.log_path}")
+    if event.run_dir:
+        lines.append(f"metrics: {event.run_dir}/metrics.jsonl (events.jsonl, samples.jsonl beside it)")
     if event.last_checkpoint:
         lines.append(f"checkpoint: {event.last_checkpoint}")
     if event.best_checkpoint and event.best_checkpoint != event.last_checkpoint:

@@ -672,6 +672,8 @@ class Trainer:
             skipped_steps=c["skipped_spike"] + c["skipped_nonfinite"],
             clipped_steps=c["clipped"],
             symbio_winner=getattr(self.components.get("symbio"), "winner_name", None),
+            run_dir=str(self.ctx.run_dir),
+            log_path=str(self.ctx.run_dir.parent / f"train_{self.ctx.run_id}.log"),
         )
         self.bus.emit(end)
         return end
