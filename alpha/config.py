@@ -119,9 +119,7 @@ class ModelConfig:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in fields(cls)}
-        kwargs = {camel_to_snake(k): v for k, v in wire.items() if camel_to_snake(k) in names}
-        return cls(**kwargs)
+        return cls(**known_fields(cls, wire))
 
 
 @dataclass
@@ -183,9 +181,7 @@ class TrainConfig:
 
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        kwargs = {camel_to_snake(k): v for k, v in wire.items() if camel_to_snake(k) in names}
-        return cls(**kwargs)
+        return cls(**known_fields(cls, wire))
 
 
 def snake_to_camel(name: str) -> str:
@@ -195,6 +191,12 @@ def snake_to_camel(name: str) -> str:
 
 def camel_to_snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def known_fields(cls: type, wire: dict[str, Any]) -> dict[str, Any]:
+    """The wire (camelCase) entries that name a field of the dataclass ``cls``, in snake_case."""
+    names = {f.name for f in fields(cls)}
+    return {camel_to_snake(k): v for k, v in wire.items() if camel_to_snake(k) in names}
 
 
 def domain_for(name: str) -> Domain:
