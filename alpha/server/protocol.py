@@ -12,6 +12,7 @@ any field we do not know in an ``extra`` JSON object, so nothing a trainer sends
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import re
@@ -249,6 +250,11 @@ def normalize_event(event: Any, where: str) -> EventRow:
         if isinstance(client_id, bool) or not isinstance(client_id, (str, int)) or str(client_id) == "":
             raise ProtocolError(f"{where}.id must be a non-empty string or an integer")
         client_id = str(client_id)[:200]
+    elif isinstance(event.get("timestamp"), str):
+        # No client id: an event the client stamped is identified by its content, so a retried
+        # batch or a replayed run (`alpha push`) stores it once. Unstamped events are all kept.
+        content = json.dumps([event.get("step"), kind, message, event["timestamp"], payload_json])
+        client_id = "content:" + hashlib.blake2b(content.encode(), digest_size=12).hexdigest()
     return EventRow(
         step=step_of(f"{where}.step", event.get("step"), required=False),
         level=level,

@@ -216,7 +216,8 @@ class Uploads:
         missing = [i for i in range(total) if i not in held]
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
-            raise UploadError(400, f"missing chunks ({len(missing)} of {total}): {shown}")
+            # 409: the client resends what the status endpoint says is missing, then assembles again
+            raise UploadError(409, f"missing chunks ({len(missing)} of {total}): {shown}")
 
         run_dir = inside(self.runs_dir, name)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ the newest N plus the one with the best validation loss.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -147,7 +148,7 @@ class Retention:
 
     @property
     def best(self) -> Path | None:
-        scored = [(v, p) for p, v in self.entries.items() if v is not None]
+        scored = [(v, p) for p, v in self.entries.items() if v is not None and math.isfinite(v)]
         return min(scored)[1] if scored else None
 
     def add(self, path: Path, val_loss: float | None) -> list[Path]:

@@ -295,6 +295,23 @@ def test_events_normalized_and_deduplicated_by_client_id(http: httpx.Client) -> 
     assert run_row(http, run_id)["latest_step"] == 7
 
 
+def test_a_resent_stamped_event_without_id_is_stored_once(http: httpx.Client) -> None:
+    run_id = new_run()
+    event = {
+        "step": 3,
+        "level": "info",
+        "kind": "checkpoint_saved",
+        "message": "checkpoint saved: a",
+        "payload": {"path": "a"},
+        "timestamp": "2026-01-02T00:00:00.000Z",
+    }
+    later = {**event, "timestamp": "2026-01-02T00:00:01.000Z"}  # same content, another moment
+    assert ingest(http, {"type": "event", "runId": run_id, "event": event})["stored"] == 1
+    out = ingest(http, {"type": "events", "runId": run_id, "events": [event, later]})
+    assert (out["stored"], out["duplicates"]) == (1, 1)
+    assert len(http.get(f"/api/runs/{run_id}/events").json()) == 2
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [

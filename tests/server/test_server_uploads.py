@@ -83,7 +83,7 @@ def test_upload_resume_assemble_list_download(server: ServerProcess) -> None:
         status = http.get("/api/upload/status", params={"uploadId": upload_id}).json()
         assert status == {"uploadId": upload_id, "received": [0, 2]}
         early = assemble(http, upload_id, name, step, len(chunks), hashlib.sha256(payload).hexdigest())
-        assert early.status_code == 400 and "missing chunks" in early.json()["error"]
+        assert early.status_code == 409 and "missing chunks" in early.json()["error"]
         # the client resumes by sending only what is missing; a re-send is harmless
         missing = [i for i in range(len(chunks)) if i not in status["received"]]
         for i in [*missing, 2]:
