@@ -60,18 +60,23 @@ class LoginRequired(Exception):
     """A page was asked for without the read secret: answer with the login form."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 past ``limit`` bytes (before or after gunzip)."""
+async def read_limited(request: Request, limit: int, what: str = "body") -> bytes:
+    """The raw request body, refused with 413 as soon as it is known to pass ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"body is larger than {limit} bytes")
+        raise ApiError(413, f"{what} is larger than {limit} bytes")
     parts, size = [], 0
     async for part in request.stream():
         size += len(part)
         if size > limit:
-            raise ApiError(413, f"body is larger than {limit} bytes")
+            raise ApiError(413, f"{what} is larger than {limit} bytes")
         parts.append(part)
-    body = b"".join(parts)
+    return b"".join(parts)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 past ``limit`` bytes (before or after gunzip)."""
+    body = await read_limited(request, limit)
     if request.headers.get("content-encoding", "").lower() == "gzip":
         inflater = zlib.decompressobj(wbits=31)
         try:
@@ -269,17 +274,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         upload_id, index, total, sha = uploads.check_chunk_headers(
             h.get("x-upload-id"), h.get("x-chunk-index"), h.get("x-total-chunks"), h.get("x-chunk-sha256")
         )
-        limit = settings.upload_limits.max_chunk_bytes
-        declared = h.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"chunk is larger than {limit} bytes")
-        body, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > limit:
-                raise ApiError(413, f"chunk is larger than {limit} bytes")
-            body.append(part)
-        received = await run_in_threadpool(uploads.save_chunk, upload_id, index, total, sha, b"".join(body))
+        body = await read_limited(request, settings.upload_limits.max_chunk_bytes, "chunk")
+        received = await run_in_threadpool(uploads.save_chunk, upload_id, index, total, sha, body)
         return {"ok": True, "uploadId": upload_id, "chunk": index, "received": len(received), "total": total}
 
     @app.get("/api/upload/status")

@@ -155,7 +155,7 @@ class Trainer:
         self._step_seconds = 0.0
         self._steps_timed = 0
         self._last_loss: float | None = None
-        self.host_counters = {"clipped": 0, "skipped_spike": 0, "skipped_nonfinite": 0, "steps": 0}
+        self.host_counters = {"clipped": 0, "skipped_spike": 0, "skipped_nonfinite": 0}
         self._init_guards()
         if ctx.device.type == "cuda" and cfg.cuda_graphs:
             self.graphed = GraphedStep(self)
@@ -416,7 +416,6 @@ class Trainer:
         seconds: float,
     ) -> None:
         c = self.host_counters
-        c["steps"] += 1
         skipped = None if applied else ("spike" if spike else "nonfinite")
         if applied and clip < 1.0:
             c["clipped"] += 1

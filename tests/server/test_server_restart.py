@@ -22,15 +22,19 @@ def metric(step: int) -> dict:
     }
 
 
+def ingest(http, body: dict) -> int:
+    return http.post("/api/ingest", json=body).status_code
+
+
 def test_nothing_is_lost_across_restarts(tmp_path) -> None:
     server = ServerProcess(tmp_path).start()
     run_id = "chat_20260101000000_rst1"
     try:
         with server.client() as http:
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={
+                ingest(
+                    http,
+                    {
                         "type": "run_start",
                         "runId": run_id,
                         "domain": "chat",
@@ -38,37 +42,36 @@ def test_nothing_is_lost_across_restarts(tmp_path) -> None:
                         "trainConfig": {"iters": 90},
                         "totalParams": 1000,
                     },
-                ).status_code
+                )
                 == 200
             )
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(1, 31)]},
-                ).status_code
+                ingest(
+                    http, {"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(1, 31)]}
+                )
                 == 200
             )
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={
+                ingest(
+                    http,
+                    {
                         "type": "samples",
                         "runId": run_id,
                         "step": 30,
                         "samples": [{"prompt": "a", "output": "b"}],
                     },
-                ).status_code
+                )
                 == 200
             )
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={
+                ingest(
+                    http,
+                    {
                         "type": "event",
                         "runId": run_id,
                         "event": {"id": "ev-1", "step": 30, "kind": "checkpoint_saved", "message": "saved"},
                     },
-                ).status_code
+                )
                 == 200
             )
             payload = gzip.compress(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + b"\x00" * 64)
@@ -94,33 +97,32 @@ def test_nothing_is_lost_across_restarts(tmp_path) -> None:
                 "received"
             ] == [0]
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={
+                ingest(
+                    http,
+                    {
                         "type": "run_start",
                         "runId": run_id,
                         "domain": "chat",
                         "trainConfig": {"iters": 90},
                     },
-                ).status_code
+                )
                 == 200
             )  # resume
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(31, 61)]},
-                ).status_code
+                ingest(
+                    http, {"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(31, 61)]}
+                )
                 == 200
             )
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={
+                ingest(
+                    http,
+                    {
                         "type": "event",
                         "runId": run_id,
                         "event": {"id": "ev-1", "step": 30, "kind": "checkpoint_saved", "message": "saved"},
                     },
-                ).status_code
+                )
                 == 200
             )
         server.stop(signal.SIGKILL)  # no chance to flush anything after answering
@@ -128,10 +130,9 @@ def test_nothing_is_lost_across_restarts(tmp_path) -> None:
         server.start()
         with server.client() as http:
             assert (
-                http.post(
-                    "/api/ingest",
-                    json={"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(61, 91)]},
-                ).status_code
+                ingest(
+                    http, {"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(61, 91)]}
+                )
                 == 200
             )
             assert (
