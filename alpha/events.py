@@ -315,3 +315,19 @@ class EventBus:
         if count <= 3 or count % 100 == 0:
             name = type(sink).__name__
             sys.stderr.write(f"[warn] output {name} failed ({count}x): {type(exc).__name__}: {exc}\n")
+
+
+class RecordingBus(EventBus):
+    """Keeps events in ``events`` instead of emitting them (to be replayed later, e.g. gathered
+    from every process); stop requests still go to the bus it stands in for."""
+
+    def __init__(self, outer: EventBus) -> None:
+        super().__init__()
+        self.outer = outer
+        self.events: list[Event] = []
+
+    def emit(self, event: Event) -> None:
+        self.events.append(event)
+
+    def request_stop(self, reason: str, exit_code: int) -> None:
+        self.outer.request_stop(reason, exit_code)

@@ -39,7 +39,7 @@ import torch
 
 from alpha.config import ModelConfig, TrainConfig
 from alpha.errors import ConfigError
-from alpha.events import Alert, SymbioGeneration
+from alpha.events import Alert, Step, SymbioGeneration
 from alpha.symbio.config import SymbioConfig, from_wire, load_symbio_config
 from alpha.symbio.cusum import CusumMonitor
 from alpha.symbio.graph import Basis, Graph, GraphActivation, Mul, dumps, from_json, loads, to_json
@@ -203,6 +203,7 @@ class Search:
         self.current: Candidate | None = None
         self._best_loss = math.inf
         self._acts: list[GraphActivation] = []
+        self._compiled_acts = True
         self._start_graph = base_graph(trainer.model_cfg)
         self._fusion: Fusion | None = None
         if config.searching and config.fuse_weights_each_step:
@@ -227,7 +228,10 @@ class Search:
             self.population = self._founding_population(min(self.config.population_size, room))
             self.candidates.extend(self.population)
         while not self.finished and not trainer.stopping:
-            self._run_generation()
+            if trainer.ctx.world_size > 1:
+                self._run_generation_spread()
+            else:
+                self._run_generation()
 
     def _founding_population(self, size: int) -> list[Candidate]:
         cfg, namer = self.config, self.namer
@@ -300,6 +304,102 @@ class Search:
         if best_state is not None:
             t.restore(best_state[0])
             _set_rng_state(best_state[1], t.device)
+        self._activate(best, announce=False)
+        if self.winner is not None:
+            self.winner.alive = False
+        self.winner = best
+        self.search_steps += steps * len(population)
+        self._close_generation(population, best, start, began)
+
+    def _run_generation_spread(self) -> None:
+        """One generation over several processes: rank r trains candidates r, r + N, ... alone
+        (no all-reduce, the batches one process with this --batch would train on), every rank
+        from the same snapshot; results and step records are all-gathered, every rank ranks them
+        identically, and the winner's owner broadcasts its trained state. Step numbers are those
+        of a one-process search (candidate k trains steps start + k·S + 1 ... start + (k+1)·S)."""
+        t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
+        dist = torch.distributed
+        rank, world = t.ctx.rank, t.ctx.world_size
+        start, began, tokens_start = t.step, time.perf_counter(), t.tokens_seen
+        base = t.snapshot()
+        base_rng = _rng_state(t.device)
+        population = self.population
+        mine = list(range(rank, len(population), world))
+        results: dict[int, dict[str, float]] = {}
+        best_k: int | None = None
+        best_state: tuple[Snapshot, dict[str, torch.Tensor]] | None = None
+        stopped = False
+        with t.local_steps() as recorder:
+            for j, k in enumerate(mine):
+                cand = population[k]
+                if j > 0:
+                    t.restore(base)
+                    _set_rng_state(base_rng, t.device)
+                if not cfg.carry_optimizer_state_across_candidates:
+                    _reset_moments(t.optimizer)
+                self._activate(cand, log_population=len(population))
+                if self._fusion is not None:
+                    self._fusion.reset()
+                fields = self._step_fields(cand)
+                t.step = start + k * steps
+                trained_at = time.perf_counter()
+                summary = t.train_steps(
+                    steps,
+                    data_key=start,
+                    schedule_start=start,
+                    periodic=False,
+                    step_fields=lambda _step, f=fields: dict(f),
+                    after_step=self._fusion,
+                )
+                self.train_seconds += time.perf_counter() - trained_at
+                if summary.steps < steps:
+                    stopped = True
+                    break
+                val = t.evaluate()
+                results[k] = {"val": val, "tps": summary.tokens_per_sec, "best": self._best_loss}
+                cand.val_loss, cand.fitness = val, fitness(val, cand.graph, cfg)
+                if best_k is None or rank_key(cand, cfg.rank_by) < rank_key(population[best_k], cfg.rank_by):
+                    best_k = k
+                    best_state = None if j == len(mine) - 1 else (t.snapshot(), _rng_state(t.device))
+            if best_state is not None:
+                t.restore(best_state[0])  # this rank's best, in case it is the winner
+                _set_rng_state(best_state[1], t.device)
+        flag = torch.tensor([1.0 if stopped else 0.0], device=t.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, (results, recorder.events))
+        records = [e for _, events in gathered for e in events]
+        t.tokens_seen = tokens_start
+        if flag.item() > 0:  # some rank was stopped: the generation restarts on resume
+            t.replay(records, t.tokens_per_step // world)
+            t.tokens_seen = tokens_start
+            self._rewind(base, base_rng, start)
+            return
+        for rank_results, _ in gathered:
+            for k, r in rank_results.items():
+                cand = population[k]
+                cand.steps, cand.val_loss = steps, r["val"]
+                cand.tokens_per_sec, cand.best_loss = r["tps"], r["best"]
+                cand.fitness = fitness(cand.val_loss, cand.graph, cfg)
+        best = population[0]
+        for cand in population[1:]:
+            if rank_key(cand, cfg.rank_by) < rank_key(best, cfg.rank_by):
+                best = cand
+        owner = population.index(best) % world
+        t.broadcast_state(owner)
+        rng = [_rng_state(t.device) if rank == owner else None]
+        dist.broadcast_object_list(rng, src=owner)
+        _set_rng_state(rng[0], t.device)
+        t.step = start + len(population) * steps
+        eval_due = self._due(t.cfg.eval_interval, start)
+        last = max((e for e in records if isinstance(e, Step)), key=lambda e: e.step, default=None)
+        if eval_due and last is not None:
+            last.metrics["valLoss"] = best.val_loss
+        t.replay(records, t.tokens_per_step // world)
+        if eval_due:
+            t.record_eval(best.val_loss)
+        for cand in population:
+            self._log_candidate(cand)
         self._activate(best, announce=False)
         if self.winner is not None:
             self.winner.alive = False
@@ -409,6 +509,7 @@ class Search:
             return
         on_cuda = self.trainer.device.type == "cuda"
         compile_act = None if on_cuda and self.steps_per_candidate >= COMPILE_MIN_STEPS else False
+        self._compiled_acts = compile_act is None
 
         def factory() -> GraphActivation:
             act = GraphActivation(self._start_graph, swappable=True, compile=compile_act)
@@ -423,7 +524,8 @@ class Search:
         for act in self._acts:
             act.set_graph(graph)
         if self.trainer.graphed is not None:
-            self.trainer.graphed.invalidate(dumps(graph))
+            # an eager activation compiles nothing: its step graph is captured without warm-up
+            self.trainer.graphed.invalidate(dumps(graph), warmup=self._compiled_acts)
         mc = self.trainer.model_cfg
         if self.config.composed or not isinstance(graph, Basis):
             mc.ffn_activation, mc.activation_graph = "composed", to_json(graph)

@@ -11,7 +11,9 @@ and replays it each step: the launch cost of a few hundred kernels becomes one r
 needs a few warm-up steps (compilation, allocator, cuBLAS workspaces); they run on a snapshot that
 is restored afterwards in place, so warm-up never changes the model. Whatever changes the traced
 computation (a new activation) calls ``invalidate`` and the next step captures again; graphs are
-kept per activation key so returning to an earlier activation costs nothing.
+kept per activation key so returning to an earlier activation costs nothing. A change that needs
+no compilation (an eager activation swapped during a search) is captured without warm-up: the
+capture itself executes nothing, so a 25-step candidate pays one capture, not four extra steps.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class GraphedStep:
             group["lr"] = self.lr  # fused AdamW reads the lr from this device tensor at replay
             group["capturable"] = True
         self.key: object = None
+        self._warm_next = True  # the first capture always warms up (compilation, workspaces)
+        self._warmed_modes: set[bool] = set()  # local / all-reduce steps warmed up at least once
         self.graphs: OrderedDict[object, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -82,37 +86,47 @@ class GraphedStep:
             graph.reset()
         self.graphs.clear()
 
-    def invalidate(self, key: object) -> None:
-        """The computation changed (e.g. a new activation); ``key`` names the new one."""
+    def invalidate(self, key: object, *, warmup: bool = True) -> None:
+        """The computation changed (e.g. a new activation); ``key`` names the new one.
+
+        ``warmup=False``: the new computation compiles nothing new (e.g. an eager activation
+        behind a graph break), so it can be captured directly.
+        """
         self.key = key
+        self._warm_next = self._warm_next or warmup
 
     def run(self, windows: np.ndarray, lr: float) -> torch.Tensor:
         self.trainer.staging.to_device(windows, out=self.tokens)
         self.lr.fill_(lr)
-        entry = self.graphs.get(self.key)
+        key = (self.key, self.trainer.local)  # a rank training alone runs no all-reduce
+        entry = self.graphs.get(key)
         if entry is None:
-            entry = self._capture()
+            entry = self._capture(key)
         else:
-            self.graphs.move_to_end(self.key)
+            self.graphs.move_to_end(key)
         graph, values = entry
         graph.replay()
         return values.clone()
 
-    def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, key: object) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         trainer = self.trainer
         trainer.background.drain()  # no other thread may touch CUDA while a graph is captured
-        snap = trainer.snapshot()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_STEPS):
-                trainer._step_body(self.tokens, self.lr)
-        torch.cuda.current_stream().wait_stream(side)
+        local = self.trainer.local
+        if self._warm_next or local not in self._warmed_modes:
+            snap = trainer.snapshot()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(WARMUP_STEPS):
+                    trainer._step_body(self.tokens, self.lr)
+            torch.cuda.current_stream().wait_stream(side)
+            trainer.restore(snap)
+            self._warm_next = False
+            self._warmed_modes.add(local)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             values = trainer._step_body(self.tokens, self.lr)
-        trainer.restore(snap)
-        self.graphs[self.key] = (graph, values)
+        self.graphs[key] = (graph, values)
         while len(self.graphs) > MAX_GRAPHS:
             self.graphs.popitem(last=False)
         return graph, values

@@ -44,6 +44,21 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
+def ensure_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create AdamW's per-parameter state now, as its first step would (zero moments, step 0),
+    so that every process holds the same tensors before any of them has stepped."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if not state:
+                on_device = group.get("fused") or group.get("capturable")
+                state["step"] = (
+                    torch.zeros((), dtype=torch.float32, device=p.device) if on_device else torch.tensor(0.0)
+                )
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step ``step`` (0-based)."""
     assert cfg.warmup_iters is not None and cfg.lr_min is not None

@@ -19,7 +19,7 @@ import contextlib
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +31,7 @@ from torch import nn
 from alpha.config import Domain, ModelConfig, TrainConfig, config_hash
 from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
-from alpha.events import Alert, CheckpointSaved, Eval, EventBus, RunEnd, Samples, Step
+from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
 from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
@@ -44,7 +44,7 @@ from alpha.train.checkpoint import (
     write_atomic,
 )
 from alpha.train.cuda_graphs import GraphedStep, PinnedStaging
-from alpha.train.optim import build_optimizer, lr_at
+from alpha.train.optim import build_optimizer, ensure_state, lr_at
 from alpha.train.sampling import generate
 from alpha.train.trend import summarize_trend
 
@@ -95,6 +95,7 @@ class StepsSummary:
 class _PendingStep:
     step: int
     values: torch.Tensor  # [loss, grad_norm, clip_coef, applied, spike, lr]
+    tokens: int  # tokens trained on by the end of this step
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -135,8 +136,11 @@ class Trainer:
         self.val_windows = [
             tuple(t.to(self.device) for t in val_batches.batch((i,))) for i in range(cfg.eval_iters)
         ]
-        self.tokens_per_step = cfg.batch_size * cfg.grad_accum_steps * block * ctx.world_size
         self.step = 0
+        self.tokens_seen = 0  # tokens trained on so far, by all ranks together
+        # True while this rank trains alone (a candidate-parallel search under several processes):
+        # no all-reduce, its own slice of the batch, collectives only outside ``local_steps``.
+        self.local = False
         self.components: dict[str, Stateful] = {}
         # Called with each step record (host values) just before it is emitted; may add fields.
         self.step_hooks: list[Callable[[dict[str, Any]], None]] = []
@@ -149,16 +153,21 @@ class Trainer:
         self.retention = Retention(ctx.run_dir, cfg.keep_checkpoints)
         self._pending: list[_PendingStep] = []
         self._mark = time.perf_counter()
-        self._warm: tuple[float, int] | None = None
-        self._stop_agreed = False  # (time, step) after the first interval
+        self._warm: tuple[float, int] | None = None  # (time, tokens_seen) after the first interval
+        self._stop_agreed = False
         self.background = BackgroundWorker()
         self._step_seconds = 0.0
-        self._steps_timed = 0
+        self._tokens_timed = 0
         self._last_loss: float | None = None
         self.host_counters = {"clipped": 0, "skipped_spike": 0, "skipped_nonfinite": 0}
         self._init_guards()
         if ctx.device.type == "cuda" and cfg.cuda_graphs:
             self.graphed = GraphedStep(self)
+
+    @property
+    def tokens_per_step(self) -> int:
+        world = 1 if self.local else self.ctx.world_size
+        return self.cfg.batch_size * self.cfg.grad_accum_steps * self.model_cfg.block_size * world
 
     # ------------------------------------------------------------------ set-up
     def _bind_flat_gradients(self) -> None:
@@ -195,8 +204,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _windows(self, batch_key: tuple[int, ...]) -> np.ndarray:
-        """(K, B, T + 1) token windows for one optimizer step on this rank."""
-        b, rank = self.cfg.batch_size, self.ctx.rank
+        """(K, B, T + 1) token windows for one optimizer step on this rank (alone: the first
+        slice, the windows a one-process run with the same --batch trains on)."""
+        b, rank = self.cfg.batch_size, 0 if self.local else self.ctx.rank
         rows = slice(rank * b, (rank + 1) * b)
         return np.stack(
             [self.train_batches.windows((*batch_key, m))[rows] for m in range(self.cfg.grad_accum_steps)]
@@ -230,8 +240,9 @@ class Trainer:
             loss_sum += loss.detach().float()
         if buffer is not None:  # gradients and loss averaged over ranks in one collective
             buffer[-1:].copy_(loss_sum.reshape(1) / k)
-            torch.distributed.all_reduce(buffer)
-            buffer.div_(self.ctx.world_size)
+            if not self.local:
+                torch.distributed.all_reduce(buffer)
+                buffer.div_(self.ctx.world_size)
             loss_mean = buffer[-1]
             grad_norm = torch.linalg.vector_norm(buffer[:-1])
         else:
@@ -296,13 +307,14 @@ class Trainer:
 
     @property
     def stopping(self) -> bool:
-        if self.ctx.world_size > 1:
+        if self.ctx.world_size > 1 and not self.local:
             return self._stop_agreed
         return self._stop_wanted
 
     @property
     def _stop_wanted(self) -> bool:
-        return self.stop_signal is not None or self.bus.stop_request is not None
+        bus = self.bus.outer if isinstance(self.bus, RecordingBus) else self.bus
+        return self.stop_signal is not None or bus.stop_request is not None
 
     def _agree_on_stop(self) -> None:
         """Ranks stop together: only rank 0 has the watchdog, and a signal may reach one rank."""
@@ -342,10 +354,11 @@ class Trainer:
             if after_step is not None:
                 after_step()
             self.step += 1
+            self.tokens_seen += self.tokens_per_step
             done += 1
             losses.append(values[0])
             extra = step_fields(self.step) if step_fields else {}
-            self._pending.append(_PendingStep(self.step, values, extra))
+            self._pending.append(_PendingStep(self.step, values, self.tokens_seen, extra))
             if not (defer_flush and i == n - 1):
                 self._at_boundary(periodic)
         if defer_flush:
@@ -358,7 +371,7 @@ class Trainer:
 
     def _at_boundary(self, periodic: bool) -> None:
         cfg, s = self.cfg, self.step
-        if self.ctx.world_size > 1 and (s % cfg.log_every == 0 or s >= cfg.iters):
+        if self.ctx.world_size > 1 and not self.local and (s % cfg.log_every == 0 or s >= cfg.iters):
             self._agree_on_stop()
         last = s >= cfg.iters
         eval_due = periodic and (s % cfg.eval_interval == 0 or last)
@@ -394,15 +407,16 @@ class Trainer:
         if val_loss is not None and pending:
             pending[-1].extra["valLoss"] = val_loss
         per_step = wall / max(1, len(rows))
-        self._step_seconds += wall
-        self._steps_timed += len(rows)
+        if rows:
+            self._step_seconds += wall
+            self._tokens_timed += len(rows) * self.tokens_per_step
         for p, (loss, gnorm, clip, applied, spike, lr) in zip(pending, rows, strict=True):
             self._emit_step(p, loss, gnorm, clip, applied > 0.5, spike > 0.5, lr, per_step)
         if val_loss is not None:
             self._record_eval(val_loss)
         self._mark = time.perf_counter()
         if self._warm is None:  # the first interval carries compilation and graph capture
-            self._warm = (self._mark, self.step)
+            self._warm = (self._mark, self.tokens_seen)
 
     def _emit_step(
         self,
@@ -429,7 +443,7 @@ class Trainer:
             "ms_per_iter": seconds * 1000,
             "clip_coef": clip,
             "clip_pct": 100.0 * c["clipped"] / p.step,
-            "tokens": p.step * self.tokens_per_step,
+            "tokens": p.tokens,
         }
         if skipped:
             metrics["skipped"] = skipped
@@ -469,6 +483,10 @@ class Trainer:
             text = f"{what}={value} at step {step}: skipping optimizer update ({n} non-finite skips)"
             data = {"loss": loss, "gradNorm": gnorm, "nonFiniteSkips": n}
         self.bus.emit(Alert(step=step, kind=kind, level="warn", text=text, data=data))
+
+    def record_eval(self, val_loss: float) -> None:
+        """Record a validation loss measured at the current step by the caller (e.g. the search)."""
+        self._record_eval(val_loss)
 
     def _record_eval(self, val_loss: float) -> None:
         train_loss = self._last_loss if self._last_loss is not None else math.nan
@@ -541,6 +559,53 @@ class Trainer:
         if self.graphed is not None:
             self.graphed.invalidate(key)
 
+    # ------------------------------------------------------------------ one rank alone
+    @contextlib.contextmanager
+    def local_steps(self) -> Iterator[RecordingBus]:
+        """Train on this rank alone (several processes, e.g. candidate-parallel search): no
+        all-reduce and no collective at all, the first slice of every batch (what one process with
+        this --batch trains on), stops seen by this rank only, and the events recorded instead of
+        emitted, for ``replay``. Counters are restored on exit; ``replay`` recounts them."""
+        self._flush()
+        bus, counters = self.bus, dict(self.host_counters)
+        recorder = RecordingBus(bus)
+        self.bus, self.local = recorder, True
+        try:
+            yield recorder
+        finally:
+            self._flush()
+            self.bus, self.local = bus, False
+            self.host_counters.update(counters)
+
+    def replay(self, events: list[Event], tokens_per_step: int) -> None:
+        """Emit events recorded by ``local_steps`` (gathered from every rank) in step order, with
+        the run's cumulative tokens, clip percentage and skip counters recomputed across them."""
+        c = self.host_counters
+        for event in sorted(events, key=lambda e: e.step):
+            if isinstance(event, Step):
+                m = event.metrics
+                self.tokens_seen += tokens_per_step
+                m["tokens"] = self.tokens_seen
+                if m.get("skipped"):
+                    c["skipped_spike" if m["skipped"] == "spike" else "skipped_nonfinite"] += 1
+                elif m["clip_coef"] < 1.0:
+                    c["clipped"] += 1
+                m["clip_pct"] = 100.0 * c["clipped"] / event.step
+                if math.isfinite(m["loss"]):
+                    self._last_loss = m["loss"]
+            self.bus.emit(event)
+
+    def broadcast_state(self, src: int) -> None:
+        """Every rank takes rank ``src``'s weights, AdamW moments and guards (in place)."""
+        ensure_state(self.optimizer)
+        tensors = list(self.model.state_dict().values())
+        for p in self.params:
+            state = self.optimizer.state[p]
+            tensors += [state[k] for k in sorted(state) if isinstance(state[k], torch.Tensor)]
+        tensors += list(self.guards.values())
+        for tensor in tensors:
+            torch.distributed.broadcast(tensor, src=src)
+
     # ------------------------------------------------------------------ snapshots and checkpoints
     def snapshot(self) -> Snapshot:
         """Copies of weights, optimizer moments and guard state (all on the device)."""
@@ -608,6 +673,7 @@ class Trainer:
                 "evalHistory": self.eval_history[-64:],
                 "bestValLoss": self.best_val_loss,
                 "lastLoss": self._last_loss,
+                "tokensSeen": self.tokens_seen,
                 "components": {name: c.state_dict() for name, c in self.components.items()},
             },
         }
@@ -638,6 +704,8 @@ class Trainer:
         self.eval_history = [tuple(e) for e in state.get("evalHistory", [])]  # type: ignore[misc]
         self.best_val_loss = state.get("bestValLoss")
         self._last_loss = state.get("lastLoss")
+        # older checkpoints: every step so far at this run's tokens per step
+        self.tokens_seen = int(state.get("tokensSeen", self.step * self.tokens_per_step))
         for name, component_state in state.get("components", {}).items():
             if name in self.components:
                 self.components[name].load_state_dict(component_state)
@@ -647,13 +715,9 @@ class Trainer:
         self.background.drain()
         self.background.close()
         loop_tps = 0.0
-        if self._warm is not None and self.step > self._warm[1]:
-            loop_tps = (
-                (self.step - self._warm[1]) * self.tokens_per_step / (time.perf_counter() - self._warm[0])
-            )
-        tokens_per_sec = (
-            self._steps_timed * self.tokens_per_step / self._step_seconds if self._step_seconds else 0.0
-        )
+        if self._warm is not None and self.tokens_seen > self._warm[1]:
+            loop_tps = (self.tokens_seen - self._warm[1]) / (time.perf_counter() - self._warm[0])
+        tokens_per_sec = self._tokens_timed / self._step_seconds if self._step_seconds else 0.0
         c = self.host_counters
         end = RunEnd(
             step=self.step,

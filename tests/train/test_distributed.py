@@ -80,3 +80,53 @@ def test_two_processes_match_one_process_at_the_same_global_batch(chat_file: Pat
     for a, b in zip(one[4:], metrics(tmp_path / "resumed"), strict=True):
         assert b["step"] == a["step"]
         assert b["loss"] == pytest.approx(a["loss"], abs=2e-5)
+
+
+SEARCH = {
+    "searchMode": "composed-activation-search",
+    "populationSize": 3,
+    "generations": 2,
+    "stepsPerCandidate": 4,
+    "mutationRate": 0.9,
+    "populationAdaptation": False,
+    "metricsInterval": 4,
+}
+
+
+@pytest.mark.slow
+def test_two_processes_spread_a_generation_over_ranks(chat_file: Path, tmp_path: Path) -> None:
+    """Each rank trains its own candidates alone on the batches a one-process search with the same
+    --batch uses: generation 0's candidate steps are identical to the one-process search's; step
+    records from both ranks arrive as one ordered stream; the winner is the best val loss."""
+    config = tmp_path / "search.json"
+    config.write_text(json.dumps(SEARCH))
+    args = ("--iters", "32", "--eval-interval", "12", "--sample-interval", "0", "--dropout", "0",
+            "--log-every", "2", "--lr", "3e-3", "--batch", "4", "--symbio", "--symbio-config", str(config))  # fmt: skip
+    single = run_alpha(*tiny_train_args(chat_file, tmp_path / "one", *args), env={"OMP_NUM_THREADS": "1"})
+    assert single.returncode == 0, single.stderr
+    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *args))
+    assert double.returncode == 0, double.stderr[-3000:]
+
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert [m["step"] for m in two] == list(range(1, 33))
+    gen0 = [(a, b) for a, b in zip(one, two, strict=True) if a.get("symbio_generation") == 0]
+    assert len(gen0) == 12  # 3 candidates × 4 steps; rank 0 trained candidates 0 and 2, rank 1 candidate 1
+    for a, b in gen0:
+        assert b["symbio_candidate_id"] == a["symbio_candidate_id"]
+        assert b["loss"] == pytest.approx(a["loss"], abs=2e-5)
+        assert b["gradNorm"] == pytest.approx(a["gradNorm"], rel=1e-4)
+    block = 32  # tiny_train_args' block size
+    tokens = [m["tokens"] for m in two]
+    assert tokens[:24] == [4 * block * s for s in range(1, 25)]  # the search: each candidate alone
+    assert tokens[24:] == [tokens[23] + 8 * block * s for s in range(1, 9)]  # then both ranks, DDP
+
+    records = [
+        json.loads(line) for line in (tmp_path / "two" / "symbio-candidates.jsonl").read_text().splitlines()
+    ]
+    assert len(records) == 6 and all(r["valLoss"] is not None for r in records)
+    summary = json.loads((tmp_path / "two" / "symbio-search-summary.json").read_text())
+    for gen in (0, 1):
+        pop = [r for r in records if r["generation"] == gen]
+        best = min(pop, key=lambda r: r["valLoss"])
+        assert summary["history"][gen]["winnerId"] == best["id"]
+    assert "symbio winner:" in double.stdout
