@@ -14,7 +14,10 @@ then a table of final/best validation loss, throughput and wall time (``summary.
     python scripts/symbio_experiment.py --data data/historic.txt --preset cpu --out runs/symbio-exp
     python scripts/symbio_experiment.py --data data/historic.txt --preset gpu --out runs/symbio-exp-gpu
 
-Arguments after ``--`` are passed to every run (e.g. ``-- --iters 2000``).
+Arguments after ``--`` are passed to every run (e.g. ``-- --iters 2000``). ``--runs`` picks some
+of the four (e.g. to split them over several sessions on a machine with a time limit per command);
+rows already in the output directory's ``summary.json`` are kept, and ``winner`` reads the
+``symbio`` run's summary. ``--symbio-config`` replaces the preset's search configuration.
 """
 
 from __future__ import annotations
@@ -89,27 +92,33 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--preset", choices=list(PRESETS), default="cpu")
     parser.add_argument("--out", default="runs/symbio-exp")
+    parser.add_argument("--runs", default="gelu,swiglu,symbio,winner", help="comma-separated subset")
+    parser.add_argument("--symbio-config", help="search configuration (default: the preset's)")
     parser.add_argument("extra", nargs="*", help="flags passed to every run (after --)")
     opts = parser.parse_args()
     out = Path(opts.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     preset = PRESETS[opts.preset]
     common = ["--data", str(Path(opts.data).resolve()), *preset["train"].split(), *opts.extra]
-    symbio_config = preset["symbio"]
+    symbio_config = opts.symbio_config or preset["symbio"]
     if isinstance(symbio_config, dict):
         path = out / "symbio-config.json"
         path.write_text(json.dumps(symbio_config, indent=2) + "\n")
         symbio_config = str(path)
 
-    rows = [
-        train("gelu", out, [*common, "--activation", "gelu"]),
-        train("swiglu", out, [*common, "--activation", "swiglu"]),
-    ]
-    symbio = train("symbio", out, [*common, "--symbio", "--symbio-config", symbio_config])
+    wanted = opts.runs.split(",")
+    saved = out / "summary.json"
+    rows = {r["run"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
+    for name in ("gelu", "swiglu"):
+        if name in wanted:
+            rows[name] = train(name, out, [*common, "--activation", name])
+    if "symbio" in wanted:
+        rows["symbio"] = train("symbio", out, [*common, "--symbio", "--symbio-config", symbio_config])
     summary = json.loads((out / "symbio" / "symbio-search-summary.json").read_text())
-    winner_graph = json.dumps(summary["winner"]["activationGraph"])
-    rows.append(symbio)
-    rows.append(train("winner", out, [*common, "--activation-graph", winner_graph]))
+    if "winner" in wanted:
+        winner_graph = json.dumps(summary["winner"]["activationGraph"])
+        rows["winner"] = train("winner", out, [*common, "--activation-graph", winner_graph])
+    symbio = rows["symbio"]
     symbio["searchSteps"] = summary["searchSteps"]
     symbio["searchGenerations"] = summary["generations"] + 1
     symbio["searchTrainSeconds"] = summary["timing"]["trainSeconds"]
@@ -124,14 +133,14 @@ def main() -> int:
         "| run | params | steps | tokens | final val | best val | train tok/s | wall s |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in rows.values():
         lines.append(
             f"| {r['run']} | {r['params']:,} | {r['steps']:,} | {r['tokens']:,} | {r['finalValLoss']:.4f} "
             f"| {r['bestValLoss']:.4f} | {r['trainTokensPerSec']:,.0f} | {r['wallSeconds']:.1f} |"
         )
     text = "\n".join(lines) + "\n"
     (out / "summary.md").write_text(text)
-    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    saved.write_text(json.dumps(list(rows.values()), indent=2) + "\n")
     print(text)
     return 0
 
