@@ -407,7 +407,7 @@ class Trainer:
         if val_loss is not None and pending:
             pending[-1].extra["valLoss"] = val_loss
         per_step = wall / max(1, len(rows))
-        if rows:
+        if rows and self._warm is not None:  # the first interval carries compilation: not a step rate
             self._step_seconds += wall
             self._tokens_timed += len(rows) * self.tokens_per_step
         for p, (loss, gnorm, clip, applied, spike, lr) in zip(pending, rows, strict=True):

@@ -101,7 +101,8 @@ def test_two_processes_spread_a_generation_over_ranks(chat_file: Path, tmp_path:
     config = tmp_path / "search.json"
     config.write_text(json.dumps(SEARCH))
     args = ("--iters", "32", "--eval-interval", "12", "--sample-interval", "0", "--dropout", "0",
-            "--log-every", "2", "--lr", "3e-3", "--batch", "4", "--symbio", "--symbio-config", str(config))  # fmt: skip
+            "--log-every", "2", "--lr", "3e-3", "--batch", "4",
+            "--symbio", "--symbio-config", str(config))  # fmt: skip
     single = run_alpha(*tiny_train_args(chat_file, tmp_path / "one", *args), env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
     double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *args))
