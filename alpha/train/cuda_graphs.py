@@ -110,7 +110,6 @@ class GraphedStep:
 
     def _capture(self, key: object) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         trainer = self.trainer
-        trainer.background.drain()  # no other thread may touch CUDA while a graph is captured
         local = self.trainer.local
         if self._warm_next or local not in self._warmed_modes:
             snap = trainer.snapshot()

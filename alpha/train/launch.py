@@ -51,6 +51,7 @@ from alpha.sinks.jsonl import EventsSink, MetricsSink
 from alpha.sinks.logfile import ConsoleSink, LogFileSink
 from alpha.sinks.remote import from_env as remote_sink
 from alpha.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from alpha.train.sampler_process import sampler_mode
 from alpha.train.trainer import RunContext, Trainer
 
 
@@ -350,6 +351,7 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
     cfg = plan.train_cfg
     check_upload_final(cfg.upload_final, cfg.remote)
     device = resolve_device(cfg, local_rank)
+    sampler_mode(device)  # a bad $ALPHA_SAMPLER fails here, before anything is written
     if cfg.compile is None:
         cfg.compile = device.type == "cuda"
     if cfg.cuda_graphs is None:
@@ -357,8 +359,8 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        # the host only feeds the GPU; CPU ops (background sampling) must not flood every core
-        # with spinning OpenMP threads that the loop then waits behind
+        # the host only feeds the GPU; its CPU ops must not flood every core with spinning OpenMP
+        # threads that the loop then waits behind (samples run in a process of their own)
         torch.set_num_threads(min(torch.get_num_threads(), 2))
     plan.run_id = _broadcast(plan.run_id, world)
     plan.run_dir = Path(_broadcast(str(plan.run_dir), world))
@@ -425,6 +427,7 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             if trainer.graphed is not None:
                 trainer.graphed.release()
+            trainer.close_sampler()
         if cfg.upload_final and rank == 0:
             upload_final_checkpoint(end, bus)
         bus.close()

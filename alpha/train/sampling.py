@@ -1,9 +1,9 @@
 """Text generation with a KV cache: temperature, top-k, top-p, stop at end-of-text.
 
-Used by training samples and by ``alpha sample``. Generation draws from its own seeded
-``torch.Generator``, so sampling never disturbs the training RNG (resume stays exact). When the
-context fills the block, the cache is rebuilt from the most recent half block, so generation can
-run past the model's context length.
+Used by training samples (``sample_prompts``, in the loop or in the sampler process) and by
+``alpha sample``. Generation draws from its own seeded ``torch.Generator``, so sampling never
+disturbs the training RNG (resume stays exact). When the context fills the block, the cache is
+rebuilt from the most recent half block, so generation can run past the model's context length.
 """
 
 from __future__ import annotations
@@ -69,3 +69,13 @@ def generate(
     finally:
         model.train(was_training)
     return out
+
+
+def sample_prompts(
+    model: GPT, prompts: list[list[int]], max_new_tokens: int, *, seed: int, stop_id: int | None
+) -> list[list[int]]:
+    """A training sample round: one generator seeded with ``seed`` draws through the prompts in
+    order, so a round is reproducible wherever it runs (the loop or the sampler process)."""
+    gen = torch.Generator(device=next(model.parameters()).device)
+    gen.manual_seed(seed)
+    return [generate(model, ids, max_new_tokens, stop_id=stop_id, generator=gen) for ids in prompts]

@@ -7,6 +7,10 @@ device. A step is skipped, never applied, when the loss or the gradient norm is 
 step reads a value back to the host: per-step losses and norms stay on the device and are read in
 one transfer at each log boundary, where Step events are emitted for every step of the interval.
 
+Samples are generated inline on a CPU (the loop waits). On CUDA the sampler process generates them
+from a host copy of the weights while the loop goes on (alpha.train.sampler_process); their Samples
+event, labelled with the step they were taken at, is emitted at a later log boundary.
+
 The trainer knows nothing about files other than checkpoints: it emits events to an EventBus.
 It exposes the primitives that the symbiogenesis search drives: ``snapshot``/``restore``,
 ``train_steps`` (with a data key that makes batches identical across calls), ``evaluate`` and
@@ -16,7 +20,6 @@ It exposes the primitives that the symbiogenesis search drives: ``snapshot``/``r
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +36,6 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
-from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
     Checkpoint,
@@ -45,7 +47,9 @@ from alpha.train.checkpoint import (
 )
 from alpha.train.cuda_graphs import GraphedStep, PinnedStaging
 from alpha.train.optim import build_optimizer, ensure_state, lr_at
-from alpha.train.sampling import generate
+from alpha.train.sampler_child import SampleRequest
+from alpha.train.sampler_process import SamplerProcess, sampler_mode
+from alpha.train.sampling import sample_prompts
 from alpha.train.trend import summarize_trend
 
 SPIKE_WARMUP_STEPS = 10  # accepted steps before the spike guard trusts its EMA
@@ -89,6 +93,13 @@ class StepsSummary:
     steps: int
     mean_loss: float
     tokens_per_sec: float
+
+
+@dataclass
+class _SampleRound:
+    step: int
+    trend: dict[str, Any] | None
+    prompts: list[str]
 
 
 @dataclass
@@ -155,7 +166,9 @@ class Trainer:
         self._mark = time.perf_counter()
         self._warm: tuple[float, int] | None = None  # (time, tokens_seen) after the first interval
         self._stop_agreed = False
-        self.background = BackgroundWorker()
+        # None: samples are generated inline; otherwise in a child process (alpha.train.sampler_process)
+        self.sampler = SamplerProcess() if sampler_mode(ctx.device) == "process" else None
+        self._sample_round: _SampleRound | None = None
         self._step_seconds = 0.0
         self._tokens_timed = 0
         self._last_loss: float | None = None
@@ -381,7 +394,7 @@ class Trainer:
             self._flush(evaluate=eval_due)
         if sample_due and self.ctx.is_main:
             self.sample()
-        self.background.poll()
+        self.collect_samples()
         if ckpt_due:
             self.save_checkpoint()
 
@@ -511,41 +524,84 @@ class Trainer:
         return float(total) / len(self.val_windows)
 
     def sample(self) -> None:
-        """Generate from the domain prompts. On CUDA this runs on a worker thread with a CPU copy of
-        the model, so it takes nothing from the GPU and training continues meanwhile; the Samples
-        event (labelled with the step it was taken at) is emitted at a later log boundary."""
-        step, trend = self.step, summarize_trend(self.eval_history)
-        prompts = [self.domain.format_prompt(p) for p in self.domain.prompts[: self.cfg.sample_prompts]]
-        if self.device.type != "cuda":
-            self._emit_samples(step, trend, self._generate(self.model, prompts, step))
+        """Generate from the domain prompts. Inline (the default on CPU): now, while the loop waits.
+        In the sampler process (the default on CUDA): the weights are copied to host memory and the
+        loop goes on; the Samples event, labelled with the step it was taken at, is emitted at a
+        later log boundary. ``$ALPHA_SAMPLER`` chooses (see alpha.train.sampler_process)."""
+        cfg, step = self.cfg, self.step
+        texts = [self.domain.format_prompt(p) for p in self.domain.prompts[: cfg.sample_prompts]]
+        prompts = [self.tokenizer.encode(text) for text in texts]
+        seed = cfg.seed * 1_000_003 + step
+        round_ = _SampleRound(step, summarize_trend(self.eval_history), texts)
+        if self.sampler is not None:
+            self._submit_samples(self.sampler, round_, prompts, seed)
             return
-        sampler = copy.deepcopy(self.model)
-        for p in sampler.parameters():
-            p.grad = None
-        sampler = sampler.to("cpu").eval()  # weights and the current activation
+        outputs = sample_prompts(
+            self.model, prompts, cfg.sample_tokens, seed=seed, stop_id=self.tokenizer.eot_id
+        )
+        self._emit_samples(round_, outputs)
 
-        def job() -> list[dict[str, str]]:
-            return self._generate(sampler, prompts, step)
-
-        self.background.submit(job, lambda samples: self._emit_samples(step, trend, samples))
-
-    def _generate(self, model: GPT, prompts: list[str], step: int) -> list[dict[str, str]]:
-        gen = torch.Generator(device=next(model.parameters()).device)
-        gen.manual_seed(self.cfg.seed * 1_000_003 + step)
-        samples = []
-        for text in prompts:
-            ids = generate(
-                model,
-                self.tokenizer.encode(text),
-                self.cfg.sample_tokens,
-                stop_id=self.tokenizer.eot_id,
-                generator=gen,
+    def _submit_samples(
+        self, sampler: SamplerProcess, round_: _SampleRound, prompts: list[list[int]], seed: int
+    ) -> None:
+        """Hand a round to the sampler process: one round at a time (see alpha.train.sampler_process)."""
+        step = round_.step
+        if sampler.in_flight is not None:
+            if step < self.cfg.iters:
+                text = (
+                    f"samples of step {step} skipped: the round of step {sampler.in_flight} is still running"
+                )
+                self.bus.emit(Alert(step=step, kind="sample_skipped", level="debug", text=text))
+                return
+            self.collect_samples(wait=True)  # the last round of the run waits for the one before
+        if sampler.gave_up:
+            return
+        if not sampler.running:
+            pid = sampler.start()
+            text = f"sampler process {pid} started (torch CPU threads: {sampler.threads})"
+            self.bus.emit(
+                Alert(step=step, kind="sampler_started", level="info", text=text, data={"pid": pid})
             )
-            samples.append({"prompt": text, "output": self.tokenizer.decode(ids)})
-        return samples
+        request = SampleRequest(
+            step=step,
+            model_config=self.model_cfg.to_wire(),  # every round: a symbio search changes the activation
+            prompts=prompts,
+            max_new_tokens=self.cfg.sample_tokens,
+            stop_id=self.tokenizer.eot_id,
+            seed=seed,
+        )
+        shared = sampler.host.shared
+        sampler.submit(request, self.model)  # copies the weights to host memory
+        self._sample_round = round_
+        if shared and not sampler.host.shared:
+            text = "too little shared memory for the weights: they now go to the sampler process by value"
+            self.bus.emit(Alert(step=step, kind="sampler_shared_memory", level="info", text=text))
 
-    def _emit_samples(self, step: int, trend: dict[str, Any] | None, samples: list[dict[str, str]]) -> None:
-        self.bus.emit(Samples(step=step, samples=samples, trend=trend))
+    def collect_samples(self, wait: bool = False) -> None:
+        """Emit the sampler process's round once it is done (``wait``: wait for it)."""
+        if self.sampler is None or self._sample_round is None:
+            return
+        result = self.sampler.result(timeout=None if wait else 0.0)
+        if result is None:
+            return
+        round_, self._sample_round = self._sample_round, None
+        if result.outputs is not None:
+            self._emit_samples(round_, result.outputs)
+            return
+        error = (result.error or "no result").rstrip()
+        text = f"samples of step {round_.step} failed; training goes on:\n{error}"
+        if self.sampler.gave_up:
+            text += f"\n{self.sampler.failures} failed rounds in a row: no more samples in this run"
+            self.sampler.close()
+        data = {"sampleStep": round_.step, "error": error.splitlines()[-1] if error else ""}
+        self.bus.emit(Alert(step=round_.step, kind="sample_failed", level="warn", text=text, data=data))
+
+    def _emit_samples(self, round_: _SampleRound, outputs: list[list[int]]) -> None:
+        samples = [
+            {"prompt": text, "output": self.tokenizer.decode(ids)}
+            for text, ids in zip(round_.prompts, outputs, strict=True)
+        ]
+        self.bus.emit(Samples(step=round_.step, samples=samples, trend=round_.trend))
 
     def set_activation(self, factory: Callable[[], nn.Module], key: object) -> None:
         """Give every block's MLP a new activation module (same shapes: no parameter changes).
@@ -646,7 +702,7 @@ class Trainer:
         return int(self.last_checkpoint.stem.split("-")[-1])
 
     def save_checkpoint(self) -> Path | None:
-        """Copy the state to host memory now and write it (temp file, fsync, rename) on the worker."""
+        """Write the state (host copies of every tensor) to a temp file, fsync it and rename it in place."""
         self._flush()
         if not self.ctx.is_main:
             return None
@@ -711,9 +767,14 @@ class Trainer:
                 self.components[name].load_state_dict(component_state)
 
     # ------------------------------------------------------------------ end
+    def close_sampler(self) -> None:
+        """Stop the sampler process, if one runs (a round still generating is abandoned)."""
+        if self.sampler is not None:
+            self.sampler.close()
+
     def _finish(self, status: str, reason: str, elapsed: float) -> RunEnd:
-        self.background.drain()
-        self.background.close()
+        self.collect_samples(wait=True)
+        self.close_sampler()
         loop_tps = 0.0
         if self._warm is not None and self.tokens_seen > self._warm[1]:
             loop_tps = (self.tokens_seen - self._warm[1]) / (time.perf_counter() - self._warm[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -35,34 +36,19 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# 24 steps: evals and samples at 12 and 24, checkpoints every 6 (two kept), a log line every 4
+FINISHED_RUN_ARGS = ("--iters", "24", "--eval-interval", "12", "--sample-interval", "12",
+                     "--checkpoint-interval", "6", "--keep-checkpoints", "2", "--log-every", "4",
+                     "--lr", "3e-3", "--dropout", "0.1", "--sample-tokens", "12")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def finished_run(
     chat_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, subprocess.CompletedProcess]:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny_run"
     result = run_alpha(
-        *tiny_train_args(
-            chat_file,
-            run_dir,
-            "--iters",
-            "24",
-            "--eval-interval",
-            "12",
-            "--sample-interval",
-            "12",
-            "--checkpoint-interval",
-            "6",
-            "--keep-checkpoints",
-            "2",
-            "--log-every",
-            "4",
-            "--lr",
-            "3e-3",
-            "--dropout",
-            "0.1",
-            "--sample-tokens",
-            "12",
-        )
+        *tiny_train_args(chat_file, run_dir, *FINISHED_RUN_ARGS), env={"ALPHA_SAMPLER": "inline"}
     )
     assert result.returncode == 0, result.stderr
     return run_dir, result
@@ -140,6 +126,40 @@ def test_sample_command_generates_from_a_checkpoint(finished_run) -> None:
     assert "(step 24)" in result.stdout
 
 
+def processes_with(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker`` (a /proc scan, Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def test_the_sampler_process_gives_the_inline_samples_and_ends_with_the_run(
+    finished_run, chat_file: Path, tmp_path: Path
+) -> None:
+    inline_dir, _ = finished_run
+    run_dir = tmp_path / "process_run"
+    marker = f"alpha-sampler-test-{os.getpid()}-{time.time_ns()}"  # inherited by every child of the run
+    env = {"ALPHA_SAMPLER": "process", "ALPHA_SAMPLER_TEST_MARKER": marker}
+    result = run_alpha(*tiny_train_args(chat_file, run_dir, *FINISHED_RUN_ARGS), env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "[sampler_started] sampler process" in result.stdout
+    # same seed, same weights: the child's samples are the inline ones, at the same steps
+    assert read_jsonl(run_dir / "samples.jsonl") == read_jsonl(inline_dir / "samples.jsonl")
+    events = read_jsonl(run_dir / "events.jsonl")
+    started = [e for e in events if e["kind"] == "sampler_started"]
+    assert len(started) == 1 and "sample_failed" not in {e["kind"] for e in events}
+    deadline = time.time() + 10  # multiprocessing's resource tracker exits when it sees the run gone
+    while processes_with(marker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert processes_with(marker) == []
+    assert not Path(f"/proc/{started[0]['payload']['pid']}").exists()
+
+
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(chat_file: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "sig_run"
     args = tiny_train_args(
@@ -160,7 +180,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(chat_file: Path, tmp_pat
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     metrics = run_dir / "metrics.jsonl"
     deadline = time.time() + 120
