@@ -3,8 +3,9 @@
 Tensors are ``model.<param>``, ``optim.<param>.<state>`` and ``trainer.<name>`` (guard counters,
 RNG states); the metadata key ``alpha`` holds a JSON object with the step, configs, tokenizer and
 the JSON-able trainer state. Files are written to a temporary name, fsynced and renamed, so a
-crash mid-write never leaves a truncated checkpoint under the real name. A retention policy keeps
-the newest N plus the one with the best validation loss.
+crash mid-write never leaves a truncated checkpoint under the real name. The trainer takes host
+copies at the step (``host_copy``) and writes them on a worker thread (alpha.train.background).
+A retention policy keeps the newest N plus the one with the best validation loss.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.meta["step"])
+
+
+def host_copy(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Host copies that training can no longer change (a CPU tensor is copied too)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
 
 
 def write_atomic(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:

@@ -419,6 +419,8 @@ def run(plan: RunPlan, rank: int = 0, local_rank: int = 0, world: int = 1) -> in
         try:
             end = trainer.fit()
         except BaseException as exc:
+            with contextlib.suppress(BaseException):  # checkpoints already copied still reach the disk
+                trainer.writer.drain()
             _report_failure(bus, trainer, exc)
             bus.close()
             raise

@@ -20,6 +20,7 @@ It exposes the primitives that the symbiogenesis search drives: ``snapshot``/``r
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -36,11 +37,13 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
+from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
     Checkpoint,
     Retention,
     checkpoint_path,
+    host_copy,
     load_optimizer_tensors,
     optimizer_tensors,
     write_atomic,
@@ -166,6 +169,7 @@ class Trainer:
         self._mark = time.perf_counter()
         self._warm: tuple[float, int] | None = None  # (time, tokens_seen) after the first interval
         self._stop_agreed = False
+        self.writer = BackgroundWorker("alpha-checkpoints")  # checkpoint files, off the step path
         # None: samples are generated inline; otherwise in a child process (alpha.train.sampler_process)
         self.sampler = SamplerProcess() if sampler_mode(ctx.device) == "process" else None
         self._sample_round: _SampleRound | None = None
@@ -395,6 +399,7 @@ class Trainer:
         if sample_due and self.ctx.is_main:
             self.sample()
         self.collect_samples()
+        self.writer.poll()
         if ckpt_due:
             self.save_checkpoint()
 
@@ -702,7 +707,8 @@ class Trainer:
         return int(self.last_checkpoint.stem.split("-")[-1])
 
     def save_checkpoint(self) -> Path | None:
-        """Write the state (host copies of every tensor) to a temp file, fsync it and rename it in place."""
+        """Copy the state to host memory now; a worker thread writes it to a temp file, fsyncs it
+        and renames it in place (the CheckpointSaved event follows at a later log boundary)."""
         self._flush()
         if not self.ctx.is_main:
             return None
@@ -733,12 +739,19 @@ class Trainer:
                 "components": {name: c.state_dict() for name, c in self.components.items()},
             },
         }
-        write_atomic(tensors, meta, path)
+        meta = json.loads(json.dumps(meta))  # a snapshot: the live counters and histories change on
+        cpu, step, retention = host_copy(tensors), self.step, self.retention
+
+        def write() -> bool:  # on the worker thread; retention is only touched there
+            write_atomic(cpu, meta, path)
+            retention.add(path, val)
+            return retention.best == path
+
+        def saved(is_best: bool) -> None:
+            self.bus.emit(CheckpointSaved(step=step, path=str(path), val_loss=val, is_best=is_best))
+
+        self.writer.submit(write, saved)
         self.last_checkpoint = path
-        self.retention.add(path, val)
-        self.bus.emit(
-            CheckpointSaved(step=self.step, path=str(path), val_loss=val, is_best=self.retention.best == path)
-        )
         return path
 
     def load_state(self, ckpt: Checkpoint) -> None:
@@ -775,6 +788,8 @@ class Trainer:
     def _finish(self, status: str, reason: str, elapsed: float) -> RunEnd:
         self.collect_samples(wait=True)
         self.close_sampler()
+        self.writer.drain()
+        self.writer.close()
         loop_tps = 0.0
         if self._warm is not None and self.tokens_seen > self._warm[1]:
             loop_tps = (self.tokens_seen - self._warm[1]) / (time.perf_counter() - self._warm[0])
