@@ -114,21 +114,28 @@ def main() -> int:
             rows[name] = train(name, out, [*common, "--activation", name])
     if "symbio" in wanted:
         rows["symbio"] = train("symbio", out, [*common, "--symbio", "--symbio-config", symbio_config])
-    summary = json.loads((out / "symbio" / "symbio-search-summary.json").read_text())
+    summary_path = out / "symbio" / "symbio-search-summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
     if "winner" in wanted:
+        if summary is None:
+            raise SystemExit("winner needs the symbio run's summary: run symbio first")
         winner_graph = json.dumps(summary["winner"]["activationGraph"])
         rows["winner"] = train("winner", out, [*common, "--activation-graph", winner_graph])
-    symbio = rows["symbio"]
-    symbio["searchSteps"] = summary["searchSteps"]
-    symbio["searchGenerations"] = summary["generations"] + 1
-    symbio["searchTrainSeconds"] = summary["timing"]["trainSeconds"]
-    symbio["searchSeconds"] = summary["timing"]["searchSeconds"]
-
-    overhead = symbio["searchSeconds"] - symbio["searchTrainSeconds"]
-    lines = [
-        f"winner: `{symbio['symbioWinner']}` after {symbio['searchGenerations']} generations, "
-        f"{summary['totalCandidates']} candidates, {symbio['searchSteps']:,} search steps "
-        f"({symbio['searchSeconds']:.1f}s, of which {overhead:.1f}s selection overhead: evals and snapshots)",
+    lines = []
+    if summary is not None and "symbio" in rows:
+        symbio = rows["symbio"]
+        symbio["searchSteps"] = summary["searchSteps"]
+        symbio["searchGenerations"] = summary["generations"] + 1
+        symbio["searchTrainSeconds"] = summary["timing"]["trainSeconds"]
+        symbio["searchSeconds"] = summary["timing"]["searchSeconds"]
+        overhead = symbio["searchSeconds"] - symbio["searchTrainSeconds"]
+        lines.append(
+            f"winner: `{symbio['symbioWinner']}` after {symbio['searchGenerations']} generations, "
+            f"{summary['totalCandidates']} candidates, {symbio['searchSteps']:,} search steps "
+            f"({symbio['searchSeconds']:.1f}s, of which {overhead:.1f}s selection overhead: "
+            "evals and snapshots)"
+        )
+    lines += [
         "",
         "| run | params | steps | tokens | final val | best val | train tok/s | wall s |",
         "|---|---|---|---|---|---|---|---|",
