@@ -82,4 +82,6 @@ class BackgroundWorker:
                 sys.setswitchinterval(interval)
 
     def close(self) -> None:
+        """Stop the thread and wait for it: a thread still alive at interpreter exit can abort it."""
         self._jobs.put(None)
+        self._thread.join()

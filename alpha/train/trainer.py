@@ -169,6 +169,7 @@ class Trainer:
         self._mark = time.perf_counter()
         self._warm: tuple[float, int] | None = None  # (time, tokens_seen) after the first interval
         self._stop_agreed = False
+        self._loop_end: float | None = None
         self.writer = BackgroundWorker("alpha-checkpoints")  # checkpoint files, off the step path
         # None: samples are generated inline; otherwise in a child process (alpha.train.sampler_process)
         self.sampler = SamplerProcess() if sampler_mode(ctx.device) == "process" else None
@@ -310,6 +311,8 @@ class Trainer:
         start = time.perf_counter()
         self._mark = time.perf_counter()
         status, reason = "completed", ""
+        if self.sampler is not None and self.cfg.sample_interval > 0 and self.ctx.is_main:
+            self._start_sampler(self.sampler)  # now: its start-up (seconds) overlaps compilation
         if self.driver is not None:
             self.driver(self)
         if not self.stopping:
@@ -320,6 +323,7 @@ class Trainer:
             status, reason = "unhealthy", self.bus.stop_request.reason
         if self.stopping and (self.last_checkpoint is None or self._checkpoint_step() != self.step):
             self.save_checkpoint()
+        self._loop_end = time.perf_counter()  # what follows waits for the last sample round and write
         return self._finish(status, reason, time.perf_counter() - start)
 
     @property
@@ -546,6 +550,12 @@ class Trainer:
         )
         self._emit_samples(round_, outputs)
 
+    def _start_sampler(self, sampler: SamplerProcess) -> None:
+        pid = sampler.start()
+        text = f"sampler process {pid} started (torch CPU threads: {sampler.threads})"
+        alert = Alert(step=self.step, kind="sampler_started", level="info", text=text, data={"pid": pid})
+        self.bus.emit(alert)
+
     def _submit_samples(
         self, sampler: SamplerProcess, round_: _SampleRound, prompts: list[list[int]], seed: int
     ) -> None:
@@ -562,11 +572,7 @@ class Trainer:
         if sampler.gave_up:
             return
         if not sampler.running:
-            pid = sampler.start()
-            text = f"sampler process {pid} started (torch CPU threads: {sampler.threads})"
-            self.bus.emit(
-                Alert(step=step, kind="sampler_started", level="info", text=text, data={"pid": pid})
-            )
+            self._start_sampler(sampler)
         request = SampleRequest(
             step=step,
             model_config=self.model_cfg.to_wire(),  # every round: a symbio search changes the activation
@@ -792,7 +798,8 @@ class Trainer:
         self.writer.close()
         loop_tps = 0.0
         if self._warm is not None and self.tokens_seen > self._warm[1]:
-            loop_tps = (self.tokens_seen - self._warm[1]) / (time.perf_counter() - self._warm[0])
+            end = self._loop_end or time.perf_counter()
+            loop_tps = (self.tokens_seen - self._warm[1]) / (end - self._warm[0])
         tokens_per_sec = self._tokens_timed / self._step_seconds if self._step_seconds else 0.0
         c = self.host_counters
         end = RunEnd(
