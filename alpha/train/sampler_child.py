@@ -64,6 +64,9 @@ def serve(requests: Connection, results: Connection, threads: int) -> None:
 
     import torch
 
+    import alpha.model.gpt  # noqa: F401  imported now, not in the first round (about a second)
+    import alpha.train.sampling  # noqa: F401
+
     torch.set_num_threads(threads)
     sampler = CpuSampler()
     while True:
