@@ -41,9 +41,9 @@ from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
     Checkpoint,
+    HostBuffers,
     Retention,
     checkpoint_path,
-    host_copy,
     load_optimizer_tensors,
     optimizer_tensors,
     write_atomic,
@@ -152,7 +152,8 @@ class Trainer:
             tuple(t.to(self.device) for t in val_batches.batch((i,))) for i in range(cfg.eval_iters)
         ]
         xs, ys = (torch.cat(t) for t in zip(*self.val_windows, strict=True))
-        per_chunk = max(1, EVAL_CHUNK_TOKENS // block)
+        chunks = math.ceil(len(xs) / max(1, EVAL_CHUNK_TOKENS // block))
+        per_chunk = math.ceil(len(xs) / chunks)  # chunks of (nearly) one shape: one set of kernel plans
         starts = range(0, len(xs), per_chunk)
         self._eval_chunks = [(xs[i : i + per_chunk], ys[i : i + per_chunk]) for i in starts]
         self.step = 0
@@ -176,6 +177,7 @@ class Trainer:
         self._stop_agreed = False
         self._loop_end: float | None = None
         self.writer = BackgroundWorker("alpha-checkpoints")  # checkpoint files, off the step path
+        self.host_buffers = HostBuffers(pinned=ctx.device.type == "cuda")
         # None: samples are generated inline; otherwise in a child process (alpha.train.sampler_process)
         self.sampler = SamplerProcess() if sampler_mode(ctx.device) == "process" else None
         self._sample_round: _SampleRound | None = None
@@ -318,6 +320,8 @@ class Trainer:
         status, reason = "completed", ""
         if self.sampler is not None and self.cfg.sample_interval > 0 and self.ctx.is_main:
             self._start_sampler(self.sampler)  # now: its start-up (seconds) overlaps compilation
+        if self.device.type == "cuda":
+            self.evaluate()  # warm-up: kernel plans for the eval shapes, not at the first real eval
         if self.driver is not None:
             self.driver(self)
         if not self.stopping:
@@ -755,7 +759,8 @@ class Trainer:
             },
         }
         meta = json.loads(json.dumps(meta))  # a snapshot: the live counters and histories change on
-        cpu, step, retention = host_copy(tensors), self.step, self.retention
+        self.writer.drain()  # the previous write is done with the host buffers
+        cpu, step, retention = self.host_buffers.copy(tensors), self.step, self.retention
 
         def write() -> bool:  # on the worker thread; retention is only touched there
             write_atomic(cpu, meta, path)
