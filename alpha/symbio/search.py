@@ -59,7 +59,7 @@ from alpha.symbio.population import (
 from alpha.symbio.report import REPORT_FILE, SearchState, write_artifacts
 
 if TYPE_CHECKING:
-    from alpha.train.trainer import Snapshot, Trainer
+    from alpha.train.trainer import Snapshot, StepsSummary, Trainer
 
 STATE_VERSION = 1
 # A candidate's graph is compiled on CUDA only when its window is long enough to repay the
@@ -263,26 +263,7 @@ class Search:
         population = self.population
         for k, cand in enumerate(population):
             last = k == len(population) - 1
-            if k > 0:
-                t.restore(base)
-                _set_rng_state(base_rng, t.device)
-            if not cfg.carry_optimizer_state_across_candidates:
-                _reset_moments(t.optimizer)
-            self._activate(cand, log_population=len(population))
-            if self._fusion is not None:
-                self._fusion.reset()
-            fields = self._step_fields(cand)
-            trained_at = time.perf_counter()
-            summary = t.train_steps(
-                steps,
-                data_key=start,
-                schedule_start=start,
-                periodic=False,
-                step_fields=lambda _step, f=fields: dict(f),
-                after_step=self._fusion,
-                defer_flush=last,
-            )
-            self.train_seconds += time.perf_counter() - trained_at
+            summary = self._train_candidate(cand, k > 0, base, base_rng, start, defer_flush=last)
             if summary.steps < steps:  # stopped mid-generation
                 self._rewind(base, base_rng, start)
                 return
@@ -304,12 +285,42 @@ class Search:
         if best_state is not None:
             t.restore(best_state[0])
             _set_rng_state(best_state[1], t.device)
-        self._activate(best, announce=False)
-        if self.winner is not None:
-            self.winner.alive = False
-        self.winner = best
-        self.search_steps += steps * len(population)
-        self._close_generation(population, best, start, began)
+        self._adopt(population, best, start, began)
+
+    def _train_candidate(
+        self,
+        cand: Candidate,
+        restore: bool,
+        base: Snapshot,
+        base_rng: dict[str, torch.Tensor],
+        start: int,
+        *,
+        defer_flush: bool = False,
+    ) -> StepsSummary:
+        """Train ``cand`` for one window from the generation's snapshot (restored first unless the
+        trainer still holds it), on the generation's batches and learning rates."""
+        t = self.trainer
+        if restore:
+            t.restore(base)
+            _set_rng_state(base_rng, t.device)
+        if not self.config.carry_optimizer_state_across_candidates:
+            _reset_moments(t.optimizer)
+        self._activate(cand, log_population=len(self.population))
+        if self._fusion is not None:
+            self._fusion.reset()
+        fields = self._step_fields(cand)
+        trained_at = time.perf_counter()
+        summary = t.train_steps(
+            self.steps_per_candidate,
+            data_key=start,
+            schedule_start=start,
+            periodic=False,
+            step_fields=lambda _step, f=fields: dict(f),
+            after_step=self._fusion,
+            defer_flush=defer_flush,
+        )
+        self.train_seconds += time.perf_counter() - trained_at
+        return summary
 
     def _run_generation_spread(self) -> None:
         """One generation over several processes: rank r trains candidates r, r + N, ... alone
@@ -332,26 +343,8 @@ class Search:
         with t.local_steps() as recorder:
             for j, k in enumerate(mine):
                 cand = population[k]
-                if j > 0:
-                    t.restore(base)
-                    _set_rng_state(base_rng, t.device)
-                if not cfg.carry_optimizer_state_across_candidates:
-                    _reset_moments(t.optimizer)
-                self._activate(cand, log_population=len(population))
-                if self._fusion is not None:
-                    self._fusion.reset()
-                fields = self._step_fields(cand)
-                t.step = start + k * steps
-                trained_at = time.perf_counter()
-                summary = t.train_steps(
-                    steps,
-                    data_key=start,
-                    schedule_start=start,
-                    periodic=False,
-                    step_fields=lambda _step, f=fields: dict(f),
-                    after_step=self._fusion,
-                )
-                self.train_seconds += time.perf_counter() - trained_at
+                t.step = start + k * steps  # the step numbers of a one-process search
+                summary = self._train_candidate(cand, j > 0, base, base_rng, start)
                 if summary.steps < steps:
                     stopped = True
                     break
@@ -400,11 +393,15 @@ class Search:
             t.record_eval(best.val_loss)
         for cand in population:
             self._log_candidate(cand)
+        self._adopt(population, best, start, began)
+
+    def _adopt(self, population: list[Candidate], best: Candidate, start: int, began: float) -> None:
+        """The winner's state is in place: install its graph, then close the generation."""
         self._activate(best, announce=False)
         if self.winner is not None:
             self.winner.alive = False
         self.winner = best
-        self.search_steps += steps * len(population)
+        self.search_steps += self.steps_per_candidate * len(population)
         self._close_generation(population, best, start, began)
 
     def _close_generation(
