@@ -322,8 +322,8 @@ class RecordingBus(EventBus):
     from every process); stop requests still go to the bus it stands in for."""
 
     def __init__(self, outer: EventBus) -> None:
-        super().__init__()
         self.outer = outer
+        super().__init__()
         self.events: list[Event] = []
 
     def emit(self, event: Event) -> None:
@@ -331,3 +331,12 @@ class RecordingBus(EventBus):
 
     def request_stop(self, reason: str, exit_code: int) -> None:
         self.outer.request_stop(reason, exit_code)
+
+    @property  # type: ignore[override]
+    def stop_request(self) -> StopRequest | None:
+        return self.outer.stop_request
+
+    @stop_request.setter
+    def stop_request(self, value: StopRequest | None) -> None:
+        if value is not None:  # EventBus.__init__ sets None: the outer bus keeps its own
+            self.outer.request_stop(value.reason, value.exit_code)

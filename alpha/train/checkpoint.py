@@ -4,7 +4,7 @@ Tensors are ``model.<param>``, ``optim.<param>.<state>`` and ``trainer.<name>`` 
 RNG states); the metadata key ``alpha`` holds a JSON object with the step, configs, tokenizer and
 the JSON-able trainer state. Files are written to a temporary name, fsynced and renamed, so a
 crash mid-write never leaves a truncated checkpoint under the real name. The trainer takes host
-copies at the step (``HostBuffers``) and writes them on a worker thread (alpha.train.background).
+copies at the step (alpha.train.host_buffers) and writes them on a worker thread (alpha.train.background).
 A retention policy keeps the newest N plus the one with the best validation loss.
 """
 
@@ -44,29 +44,6 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.meta["step"])
-
-
-class HostBuffers:
-    """Host copies of a checkpoint's tensors that training can no longer change, in buffers kept
-    from one checkpoint to the next (pinned on CUDA: a device-to-host copy at full bandwidth).
-    The caller makes sure the previous copy is no longer being written before copying again."""
-
-    def __init__(self, pinned: bool) -> None:
-        self.pinned = pinned
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, value in tensors.items():
-            value = value.detach()
-            buf = self._buffers.get(name)
-            if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
-                buf = torch.empty(value.shape, dtype=value.dtype, pin_memory=self.pinned)
-                self._buffers[name] = buf
-            out[name] = buf.copy_(value, non_blocking=self.pinned)
-        if self.pinned:
-            torch.cuda.synchronize()
-        return out
 
 
 def write_atomic(tensors: dict[str, torch.Tensor], meta: dict[str, Any], path: Path) -> None:

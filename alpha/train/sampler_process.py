@@ -8,8 +8,9 @@ the prompts' token ids, the seed and the length; the child (``alpha.train.sample
 builds a CPU GPT for that config, loads the weights and sends back the new token ids, which the
 trainer decodes and emits as a Samples event at a later log boundary.
 
-- The child is started at the first sample round, with the spawn method (a CUDA process is never
-  forked), and kept for the rest of the run.
+- The child is started when the run starts (its start-up, spawn plus imports, takes seconds and
+  overlaps compilation), with the spawn method (a CUDA process is never forked), and kept for the
+  rest of the run; a dead child is started again at the next round.
 - One round at a time: a round that comes due while the previous one is still generating is
   skipped (a debug note in the log), except the run's last round, which waits for it.
 - A round that fails (it raised in the child, or the child died) becomes an Alert ``sample_failed``
@@ -35,6 +36,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from alpha.errors import ConfigError
+from alpha.train.host_buffers import HostBuffers
 from alpha.train.sampler_child import SampleRequest, SampleResult, serve, threads_for_sampling
 
 SAMPLER_ENV = "ALPHA_SAMPLER"
@@ -54,39 +56,29 @@ def sampler_mode(device: torch.device) -> str:
 
 
 class HostWeights:
-    """Host copies of the model's weights for the child: shared memory allocated at the first round
-    and refilled at each (one device-to-host copy per tensor, which the child maps without another
-    copy). Refilling is safe because a round is sent only once the previous one has been answered.
-    A CPU model's weights are copied too: the child must not see them change while it generates.
+    """Host copies of the model's weights for the child, in shared memory (``HostBuffers``) that
+    the child maps without another copy. Refilling is safe because a round is sent only once the
+    previous one has been answered. A CPU model's weights are copied too: the child must not see
+    them change while it generates.
 
     Where shared memory is too small for them (a container's default 64 MB /dev/shm, say), the
     weights go by value through the pipe instead, as the bytes of a ``torch.save``'d state dict.
     """
 
     def __init__(self) -> None:
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.buffers = HostBuffers("shared")
         self.shared = True
 
     def copy(self, model: nn.Module) -> dict[str, torch.Tensor] | bytes:
-        state = {name: value.detach() for name, value in model.state_dict().items()}
+        state = model.state_dict()
         if self.shared:
             try:
-                return self._copy_shared(state)
+                return self.buffers.copy(state)
             except RuntimeError:  # "unable to allocate shared memory(shm) ..."
-                self.shared, self.buffers = False, {}
+                self.shared, self.buffers = False, HostBuffers()
         buffer = io.BytesIO()
-        torch.save({name: value.cpu() for name, value in state.items()}, buffer)
+        torch.save({name: value.detach().cpu() for name, value in state.items()}, buffer)
         return buffer.getvalue()
-
-    def _copy_shared(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        same = self.buffers.keys() == state.keys() and all(
-            self.buffers[k].shape == v.shape and self.buffers[k].dtype == v.dtype for k, v in state.items()
-        )
-        if not same:
-            self.buffers = {k: torch.empty(v.shape, dtype=v.dtype).share_memory_() for k, v in state.items()}
-        for name, value in state.items():
-            self.buffers[name].copy_(value)
-        return self.buffers
 
 
 class SamplerProcess:

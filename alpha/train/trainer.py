@@ -41,7 +41,6 @@ from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
     Checkpoint,
-    HostBuffers,
     Retention,
     checkpoint_path,
     load_optimizer_tensors,
@@ -49,6 +48,7 @@ from alpha.train.checkpoint import (
     write_atomic,
 )
 from alpha.train.cuda_graphs import GraphedStep, PinnedStaging
+from alpha.train.host_buffers import HostBuffers
 from alpha.train.optim import build_optimizer, ensure_state, lr_at
 from alpha.train.sampler_child import SampleRequest
 from alpha.train.sampler_process import SamplerProcess, sampler_mode
@@ -95,7 +95,6 @@ class Snapshot:
 @dataclass
 class StepsSummary:
     steps: int
-    mean_loss: float
     tokens_per_sec: float
 
 
@@ -112,6 +111,20 @@ class _PendingStep:
     values: torch.Tensor  # [loss, grad_norm, clip_coef, applied, spike, lr]
     tokens: int  # tokens trained on by the end of this step
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def eval_chunks(
+    source: BatchSource, windows: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed validation windows 0 .. windows-1, stacked and cut into a few chunks of (nearly)
+    one shape: an eager forward of many rows is kernel-bound where one per window is launch-bound,
+    and one shape needs one set of kernel plans."""
+    xs, ys = (
+        torch.cat(t).to(device) for t in zip(*(source.batch((i,)) for i in range(windows)), strict=True)
+    )
+    chunks = math.ceil(len(xs) / max(1, EVAL_CHUNK_TOKENS // xs.shape[1]))
+    per_chunk = math.ceil(len(xs) / chunks)
+    return [(xs[i : i + per_chunk], ys[i : i + per_chunk]) for i in range(0, len(xs), per_chunk)]
 
 
 class Trainer:
@@ -148,14 +161,7 @@ class Trainer:
         self.train_batches = BatchSource(
             data.train, block, cfg.batch_size * ctx.world_size, cfg.seed, stream=0
         )
-        self.val_windows = [
-            tuple(t.to(self.device) for t in val_batches.batch((i,))) for i in range(cfg.eval_iters)
-        ]
-        xs, ys = (torch.cat(t) for t in zip(*self.val_windows, strict=True))
-        chunks = math.ceil(len(xs) / max(1, EVAL_CHUNK_TOKENS // block))
-        per_chunk = math.ceil(len(xs) / chunks)  # chunks of (nearly) one shape: one set of kernel plans
-        starts = range(0, len(xs), per_chunk)
-        self._eval_chunks = [(xs[i : i + per_chunk], ys[i : i + per_chunk]) for i in starts]
+        self._eval_chunks = eval_chunks(val_batches, cfg.eval_iters, self.device)
         self.step = 0
         self.tokens_seen = 0  # tokens trained on so far, by all ranks together
         # True while this rank trains alone (a candidate-parallel search under several processes):
@@ -177,7 +183,7 @@ class Trainer:
         self._stop_agreed = False
         self._loop_end: float | None = None
         self.writer = BackgroundWorker("alpha-checkpoints")  # checkpoint files, off the step path
-        self.host_buffers = HostBuffers(pinned=ctx.device.type == "cuda")
+        self.host_buffers = HostBuffers("pinned" if ctx.device.type == "cuda" else "pageable")
         # None: samples are generated inline; otherwise in a child process (alpha.train.sampler_process)
         self.sampler = SamplerProcess() if sampler_mode(ctx.device) == "process" else None
         self._sample_round: _SampleRound | None = None
@@ -343,8 +349,7 @@ class Trainer:
 
     @property
     def _stop_wanted(self) -> bool:
-        bus = self.bus.outer if isinstance(self.bus, RecordingBus) else self.bus
-        return self.stop_signal is not None or bus.stop_request is not None
+        return self.stop_signal is not None or self.bus.stop_request is not None
 
     def _agree_on_stop(self) -> None:
         """Ranks stop together: only rank 0 has the watchdog, and a signal may reach one rank."""
@@ -373,7 +378,6 @@ class Trainer:
         ``defer_flush``: keep the last steps' records pending (the device is still synchronised, so
         the throughput is right) until ``flush``, e.g. to attach a validation loss measured later.
         """
-        losses: list[torch.Tensor] = []
         t0, done = time.perf_counter(), 0
         for i in range(n):
             if self.step >= self.cfg.iters or self.stopping:
@@ -386,7 +390,6 @@ class Trainer:
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             done += 1
-            losses.append(values[0])
             extra = step_fields(self.step) if step_fields else {}
             self._pending.append(_PendingStep(self.step, values, self.tokens_seen, extra))
             if not (defer_flush and i == n - 1):
@@ -396,8 +399,7 @@ class Trainer:
         else:
             self._flush()
         elapsed = max(time.perf_counter() - t0, 1e-9)
-        mean_loss = float(torch.stack(losses).mean()) if losses else math.nan
-        return StepsSummary(done, mean_loss, done * self.tokens_per_step / elapsed)
+        return StepsSummary(done, done * self.tokens_per_step / elapsed)
 
     def _at_boundary(self, periodic: bool) -> None:
         cfg, s = self.cfg, self.step
@@ -526,15 +528,14 @@ class Trainer:
             self.best_val_loss = val_loss
         self.eval_history.append((self.step, train_loss, val_loss))
         self.bus.emit(
-            Eval(step=self.step, train_loss=train_loss, val_loss=val_loss, eval_windows=len(self.val_windows))
+            Eval(step=self.step, train_loss=train_loss, val_loss=val_loss, eval_windows=self.cfg.eval_iters)
         )
 
     # ------------------------------------------------------------------ eval and samples
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows (the same windows at every eval). The windows
-        (all of one size) are stacked into a few large forward passes: an eager forward of many
-        rows is kernel-bound, where one per window would be launch-bound."""
+        """Mean loss over the fixed validation windows (the same windows at every eval), in the
+        few large forward passes of ``eval_chunks``."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
         rows = 0
@@ -758,7 +759,7 @@ class Trainer:
                 "components": {name: c.state_dict() for name, c in self.components.items()},
             },
         }
-        meta = json.loads(json.dumps(meta))  # a snapshot: the live counters and histories change on
+        meta = json.loads(json.dumps(meta))  # frozen now: counters and histories keep changing
         self.writer.drain()  # the previous write is done with the host buffers
         cpu, step, retention = self.host_buffers.copy(tensors), self.step, self.retention
 

@@ -1,0 +1,43 @@
+"""Host copies of tensors in buffers kept from one copy to the next.
+
+Checkpoints and sample rounds both need, every so often, a host copy of the model's state that
+training can no longer change. Allocating it each time costs more than copying into it: pinned
+memory (a device-to-host copy at full bandwidth) and shared memory (which a child process maps
+without another copy) are slow to allocate. A buffer is reallocated only when its tensor's shape
+or dtype changes. The caller makes sure the previous copy is no longer being read before copying
+again.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Memory = Literal["pageable", "pinned", "shared"]
+
+
+class HostBuffers:
+    def __init__(self, memory: Memory = "pageable") -> None:
+        self.memory = memory
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copy ``tensors`` (on any device) into the host buffers of the same names and return them.
+
+        Raises RuntimeError when shared memory cannot be allocated."""
+        buffers = {}
+        for name, value in tensors.items():
+            value = value.detach()
+            buf = self._buffers.get(name)
+            if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
+                buf = self._allocate(value)
+            buffers[name] = buf.copy_(value, non_blocking=self.memory == "pinned")
+        self._buffers = buffers
+        if self.memory == "pinned" and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the non-blocking copies have landed
+        return buffers
+
+    def _allocate(self, like: torch.Tensor) -> torch.Tensor:
+        buf = torch.empty(like.shape, dtype=like.dtype, pin_memory=self.memory == "pinned")
+        return buf.share_memory_() if self.memory == "shared" else buf
