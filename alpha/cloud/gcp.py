@@ -160,6 +160,10 @@ class GcpProvider:
     def _where(self, zone: str) -> list[str]:
         return [f"--project={self.project}", f"--zone={zone}"]
 
+    def _instance_argv(self, verb: str, zone: str) -> list[str]:
+        """``gcloud compute instances VERB alpha-train`` (start, resume, stop, delete) in ``zone``."""
+        return ["gcloud", "compute", "instances", verb, INSTANCE, *self._where(zone), "--quiet"]
+
     def find(self) -> Instance | None:
         """The alpha-train instance in any zone of the project, or None."""
         result = self.runner.run(
@@ -294,7 +298,7 @@ class GcpProvider:
         verb = "resume" if instance.status == "SUSPENDED" else "start"
         print(f"starting {INSTANCE} in {instance.zone} (was {instance.status})...", flush=True)
         result = self.runner.run(
-            ["gcloud", "compute", "instances", verb, INSTANCE, *self._where(instance.zone), "--quiet"],
+            self._instance_argv(verb, instance.zone),
             check=False,
             what=f"{verb} {INSTANCE}",
         )
@@ -469,9 +473,7 @@ class GcpProvider:
     def start(self) -> int:
         instance = self.require_instance()
         if self.runner.dry_run:
-            self.runner.show(
-                ["gcloud", "compute", "instances", "start", INSTANCE, *self._where(instance.zone), "--quiet"]
-            )
+            self.runner.show(self._instance_argv("start", instance.zone))
             return 0
         if instance.status == "RUNNING":
             print(f"{INSTANCE} is already running in {instance.zone} (IP {instance.external_ip or '-'})")
@@ -490,10 +492,7 @@ class GcpProvider:
             return 0
         if not self.runner.dry_run:
             print(f"stopping {INSTANCE} in {instance.zone}...", flush=True)
-        self.runner.run(
-            ["gcloud", "compute", "instances", "stop", INSTANCE, *self._where(instance.zone), "--quiet"],
-            what=f"stop {INSTANCE}",
-        )
+        self.runner.run(self._instance_argv("stop", instance.zone), what=f"stop {INSTANCE}")
         if not self.runner.dry_run:
             print(f"stopped; {self.disk_cost_line()}")
         return 0
@@ -509,10 +508,7 @@ class GcpProvider:
             if answer.strip().lower() not in ("y", "yes"):
                 print("not deleted")
                 return 0
-        self.runner.run(
-            ["gcloud", "compute", "instances", "delete", INSTANCE, *self._where(instance.zone), "--quiet"],
-            what=f"delete {INSTANCE}",
-        )
+        self.runner.run(self._instance_argv("delete", instance.zone), what=f"delete {INSTANCE}")
         if not self.runner.dry_run:
             print(f"deleted {INSTANCE} in {instance.zone}")
         return 0

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from alpha.cloud.options import TrainPlan, secrets_file_text
+from alpha.cloud.options import DEFAULT_REMOTE_DIR, TrainPlan, secrets_file_text
 from alpha.cloud.remote import EXIT_NO_RUN, EXIT_RUNNING, MARK
 from alpha.cloud.shell import LaunchError, RemoteDir, Runner, SshTarget, last_line
 
@@ -89,6 +89,14 @@ def parse_marks(lines: Iterable[str], marks: list[dict[str, Any]]) -> Iterable[s
         yield line
 
 
+def read_marks(text: str) -> list[dict[str, Any]]:
+    """The helper's machine-readable lines in a command's captured output."""
+    marks: list[dict[str, Any]] = []
+    for _ in parse_marks(text.splitlines(), marks):
+        pass
+    return marks
+
+
 @dataclass
 class Launcher:
     args: argparse.Namespace
@@ -111,7 +119,7 @@ class Launcher:
 
     def command(self, *flags: str) -> str:
         """A launcher command line to print for the user (the provider's flags included)."""
-        remote = [] if self.args.remote_dir == "~/alpha" else ["--remote-dir", self.args.remote_dir]
+        remote = [] if self.args.remote_dir == DEFAULT_REMOTE_DIR else ["--remote-dir", self.args.remote_dir]
         python = ["--python", self.args.remote_python] if self.args.remote_python else []
         return shlex.join([*shlex.split(self.prog), *flags, *self.provider.target_flags(), *remote, *python])
 
@@ -131,9 +139,9 @@ class Launcher:
         )
         if self.runner.dry_run:
             return "RUN_ID"
-        for line in result.stdout.splitlines():
-            if line.startswith(MARK):
-                return str(json.loads(line[len(MARK) :])["run_id"])
+        found = next((m for m in read_marks(result.stdout) if m.get("kind") == "run"), None)
+        if found is not None:
+            return str(found["run_id"])
         raise LaunchError(
             f"no run found on {self.provider.where()}: {last_line(result.stdout + result.stderr)}"
         )
@@ -240,10 +248,8 @@ if [ -f {root}/alpha/cloud/remote.py ]; then cd {root} && exec {py} -m alpha.clo
             result = self.runner.run(
                 target.ssh(self.helper("hash", upload.remote)), what="hash the host's copy"
             )
-            remote_sha = None
-            for line in result.stdout.splitlines():
-                if line.startswith(MARK):
-                    remote_sha = json.loads(line[len(MARK) :]).get("sha256")
+            hashed = next((m for m in read_marks(result.stdout) if m.get("kind") == "hash"), {})
+            remote_sha = hashed.get("sha256")
             if self.runner.dry_run:
                 print(f"# only if the host's sha256 differs from {upload.sha256[:12]}...:")
             elif remote_sha == upload.sha256:

@@ -10,7 +10,6 @@ billed. Everything in this module is standard library (the launcher runs without
 from __future__ import annotations
 
 import argparse
-import hashlib
 import re
 import shlex
 import sys
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from alpha.cloud import gcp
+from alpha.cloud.remote import sha256_of
 from alpha.commands import train as train_command
 from alpha.config import load_json_object, new_run_id, validate
 from alpha.errors import EXIT_BAD_INPUT, ConfigError
@@ -219,14 +219,6 @@ def safe_name(name: str) -> str:
     return cleaned or "dataset.txt"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def find_local_file(name: str, code_root: Path, what: str) -> Path:
     """A local file as given, else under the project's data/ (the reference looked there too)."""
     path = Path(name).expanduser()
@@ -299,7 +291,7 @@ def plan_data(
     elif args.data:
         local = find_local_file(args.data, code_root, "data file")
         data_remote = f"data/{safe_name(local.name)}"
-        plan.uploads.append(Upload(local, data_remote, file_sha256(local)))
+        plan.uploads.append(Upload(local, data_remote, sha256_of(local)))
         plan.summary.append(f"data: {local} ({local.stat().st_size / 1e6:.1f} MB) -> {data_remote}")
     if data_remote:
         replaced["data"] = ["--data", data_remote]
@@ -308,7 +300,7 @@ def plan_data(
         remote = f"data/{safe_name(local.name)}"
         if remote == data_remote:
             raise ConfigError("--val-data must be a different file from --data")
-        plan.uploads.append(Upload(local, remote, file_sha256(local)))
+        plan.uploads.append(Upload(local, remote, sha256_of(local)))
         replaced["val_data"] = ["--val-data", remote]
     if args.symbio_config:
         local = find_local_file(args.symbio_config, code_root, "symbio config")
@@ -316,7 +308,7 @@ def plan_data(
         remote = in_synced_tree(local, code_root, excluded_top)
         if remote is None:  # outside the synced tree: send it like a dataset
             remote = f"data/{safe_name(local.name)}"
-            plan.uploads.append(Upload(local, remote, file_sha256(local)))
+            plan.uploads.append(Upload(local, remote, sha256_of(local)))
         replaced["symbio_config"] = ["--symbio-config", remote]
         plan.summary.append(f"symbio config: {local} -> {remote}")
     return replaced, data_remote

@@ -151,6 +151,17 @@ def resolve_run(run: str) -> str:
     raise SystemExit(EXIT_NO_RUN)
 
 
+def launched_run(run: str) -> tuple[str, str, dict]:
+    """The run an action names (``latest`` resolved), its state and details; exit 4 when the host
+    has no such run."""
+    run_id = resolve_run(run)
+    state, info = run_state(run_id)
+    if state == "missing":
+        say(f"no run {run_id} on this host")
+        raise SystemExit(EXIT_NO_RUN)
+    return run_id, state, info
+
+
 def running_runs() -> list[str]:
     return [run_id for run_id in all_runs() if run_state(run_id)[0] == "running"]
 
@@ -437,10 +448,7 @@ def report_end(run_id: str) -> int:
 
 
 def cmd_follow(args: argparse.Namespace) -> int:
-    run_id = resolve_run(args.run)
-    if run_state(run_id)[0] == "missing":
-        say(f"no run {run_id} on this host")
-        return EXIT_NO_RUN
+    run_id = launched_run(args.run)[0]
     log = train_log(run_id)
     mark("following", run_id=run_id, log=str(log))
     position = 0
@@ -480,11 +488,7 @@ def cmd_follow(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    run_id = resolve_run(args.run)
-    state, info = run_state(run_id)
-    if state == "missing":
-        say(f"no run {run_id} on this host")
-        return EXIT_NO_RUN
+    run_id, state, info = launched_run(args.run)
     log = train_log(run_id)
     source = log if log.exists() else RUNS / run_id / "stdout.log"
     say(f"── {source} ──")
@@ -500,11 +504,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    run_id = resolve_run(args.run)
-    state, info = run_state(run_id)
-    if state == "missing":
-        say(f"no run {run_id} on this host")
-        return EXIT_NO_RUN
+    run_id, state, info = launched_run(args.run)
     if state != "running":
         say(f"{run_id} is not running ({state}); nothing to stop")
         mark("killed", run_id=run_id, code=info.get("code"), checkpoints=checkpoints(run_id))
@@ -557,10 +557,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:
-    run_id = resolve_run(args.run)
-    if run_state(run_id)[0] == "missing":
-        say(f"no run {run_id} on this host")
-        return EXIT_NO_RUN
+    run_id = launched_run(args.run)[0]
     mark("run", run_id=run_id)
     return 0
 

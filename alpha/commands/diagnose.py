@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def thresholds_from_args(args: argparse.Namespace):
-    """Thresholds from the flags given; the seed's values otherwise. Also used by ``alpha train``."""
+    """Thresholds from the flags given; the seed's values otherwise."""
     from dataclasses import replace
 
     from alpha.health.checks import Thresholds

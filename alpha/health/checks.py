@@ -253,6 +253,8 @@ def check_instability(h: RunHistory, t: Thresholds) -> Finding:
 
 # ---- overfitting ---------------------------------------------------------------------------
 
+MAX_EVALS_SINCE_BEST = 64  # bounds the live cost of the since-best trend
+
 
 def check_overfitting(h: RunHistory, t: Thresholds) -> Finding:
     """Val loss rising while train loss drops: over the recent evals, or since the best val loss.
@@ -284,9 +286,6 @@ def check_overfitting(h: RunHistory, t: Thresholds) -> Finding:
             fired, text, evidence = since
             evidence.update(best_val=round(h.eval_vals[best], 4), best_val_step=h.eval_steps[best])
     return _finding("overfitting", FIRED if fired else OK, text, **evidence)
-
-
-MAX_EVALS_SINCE_BEST = 64  # bounds the live cost of the since-best trend
 
 
 def _val_trend(h: RunHistory, first: int, t: Thresholds, label: str) -> tuple[bool, str, dict] | None:

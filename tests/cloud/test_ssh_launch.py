@@ -223,7 +223,6 @@ def test_a_run_that_fails_on_the_host_shows_its_error_and_exit_code(host):
 
 
 def test_diagnose_runs_alpha_diagnose_on_the_host(host):
-    pytest.importorskip("alpha.commands.diagnose", reason="`alpha diagnose` is not part of this tree yet")
     result = launcher("--action", "diagnose", "--run-id", "long", *host["flags"], cwd=host["local"])
     assert result.returncode in (0, 1), result.stdout + result.stderr  # healthy, or a check fired
     assert "runs/long" in result.stdout and "crash:" in result.stdout  # its report on the host's run
