@@ -65,13 +65,15 @@ def thresholds_from_args(args: argparse.Namespace):
     from alpha.health.checks import Thresholds
 
     given = {dest: getattr(args, dest) for dest in THRESHOLD_FLAGS if getattr(args, dest, None) is not None}
-    window = getattr(args, "window", None)
-    if window is not None:
-        given.setdefault("instability_window", window)
-        given.setdefault("symbio_window", window)
     for dest, value in given.items():
         if value <= 0 and dest != "overfit_min_rise":
-            raise ConfigError(f"{THRESHOLD_FLAGS.get(dest, ('--window',))[0]} must be > 0, got {value}")
+            raise ConfigError(f"{THRESHOLD_FLAGS[dest][0]} must be > 0, got {value}")
+    window = getattr(args, "window", None)
+    if window is not None:
+        if window <= 0:
+            raise ConfigError(f"--window must be > 0, got {window}")
+        given.setdefault("instability_window", window)
+        given.setdefault("symbio_window", window)
     return replace(Thresholds(), **given)
 
 

@@ -365,3 +365,13 @@ def test_evals_only_in_events_still_count(capsys, tmp_path):
     rc, doc = diagnose(capsys, stream.write(tmp_path / "run"))
     assert fired(doc) == {"overfitting"}
     assert doc["by_check"]["overfitting"]["evidence"]["window"] == [3750, 5000]
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--window", "0"), ("--instability-window", "-3")])
+def test_a_non_positive_window_names_its_flag(tmp_path, flag, value):
+    run = hs.healthy().write(tmp_path / "run")
+    proc = subprocess.run(
+        [sys.executable, "-m", "alpha", "diagnose", str(run), flag, value], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"alpha diagnose: error: {flag} must be > 0, got {value}"
