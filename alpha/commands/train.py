@@ -78,6 +78,11 @@ def _flag(parser: argparse.ArgumentParser, name: str, *aliases: str, **kwargs: A
     parser.add_argument(name, *aliases, default=None, **kwargs)
 
 
+def _toggle(parser: argparse.ArgumentParser, name: str, help: str) -> None:
+    """``--name`` / ``--no-name``; None when neither is given (the preset decides)."""
+    _flag(parser, name, action=argparse.BooleanOptionalAction, help=help)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     _flag(g, "--data", help="training text file (UTF-8); chat: one conversation per line")
@@ -138,20 +143,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hardware")
     _flag(g, "--backend", choices=list(BACKENDS), help="auto, cpu, cuda; helios means the GPU")
     _flag(g, "--dtype", choices=list(DTYPES), help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
-    g.add_argument(
-        "--compile",
-        dest="compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the model (default: on for CUDA)",
-    )
-    g.add_argument(
-        "--cuda-graphs",
-        dest="cuda_graphs",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="replay the whole training step as one CUDA graph (default: on when compiling on CUDA)",
-    )
+    _toggle(g, "--compile", "torch.compile the model (default: on for CUDA)")
+    _toggle(g, "--cuda-graphs", "replay each step as one CUDA graph (default: on when compiling on CUDA)")
     _flag(g, "--gpus", type=int, help="GPUs on this host (starts torchrun when > 1)")
     g.add_argument(
         "--fp16", action="store_true", default=None, help="reference alias: mixed precision (bf16 autocast)"
@@ -166,13 +159,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="activation graph (JSON) that founds a composed search: candidate 0 plus mutations of it",
     )
     _flag(g, "--on-unhealthy", choices=["warn", "stop"], help="watchdog action (default warn)")
-    g.add_argument(
-        "--remote",
-        dest="remote",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="stream to ALPHA_REMOTE_URL when it and ALPHA_REMOTE_SECRET are set (default on)",
-    )
+    _toggle(g, "--remote", "stream to ALPHA_REMOTE_URL when it and ALPHA_REMOTE_SECRET are set (default on)")
     g.add_argument(
         "--upload-final",
         action="store_true",
