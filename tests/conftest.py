@@ -1,7 +1,8 @@
-"""Shared fixtures: a small chat corpus, an isolated cache directory, and a CLI runner."""
+"""Shared fixtures: a small chat corpus, an isolated cache directory, a CLI runner, an event recorder."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from alpha.data.synth import synth_chat
+from alpha.events import Event
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--dim", "32", "--heads", "2", "--layers", "2", "--block", "32", "--batch", "4"]
@@ -47,3 +49,20 @@ def run_alpha(
 
 def tiny_train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(data), *TINY_DATA, *TINY_MODEL, "--run-dir", str(run_dir), *extra]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Recorder:
+    """A sink that keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def handle(self, event: Event) -> None:
+        self.events.append(event)
+
+    def close(self) -> None:
+        pass

@@ -124,11 +124,9 @@ class SymbioConfig:
     def to_wire(self) -> dict[str, Any]:
         """The reference's camelCase object (config.json's ``trainConfig.symbioConfig``)."""
         wire: dict[str, Any] = {}
-        for f in fields(self):
-            if f.name == "given":
-                continue
-            value = getattr(self, f.name)
-            wire[_wire_name(f.name)] = list(value) if isinstance(value, tuple) else value
+        for key, name in WIRE_KEYS.items():
+            value = getattr(self, name)
+            wire[key] = list(value) if isinstance(value, tuple) else value
         return wire
 
     def no_effect_warnings(self) -> list[str]:
@@ -197,7 +195,7 @@ def _is_number(value: Any) -> bool:
 
 
 def _type_of(default: Any, name: str) -> str:
-    if name in ("steps_per_candidate", "max_graph_depth", "max_graph_nodes"):
+    if name == "steps_per_candidate":  # the one field whose default (None: auto) has no type
         return "int"
     if isinstance(default, bool):
         return "bool"

@@ -269,6 +269,11 @@ def breed(
 # --------------------------------------------------------------------------- adaptation & budget
 
 
+def scaled_size(base: int, scale: float) -> int:
+    """The population at ``scale``: max(2, base · scale rounded half up)."""
+    return max(2, math.floor(base * scale + 0.5))
+
+
 @dataclass
 class PopulationController:
     """Population size and mutation rate, adjusted once per generation from the winners' val losses.
@@ -309,7 +314,7 @@ class PopulationController:
 
     @property
     def size(self) -> int:
-        return max(2, math.floor(self.base_size * self.scale + 0.5))
+        return scaled_size(self.base_size, self.scale)
 
     @property
     def mutation_rate(self) -> float:
@@ -359,8 +364,8 @@ def plan_budget(config: SymbioConfig, iters: int) -> Budget:
     p, g = config.population_size, config.generations
     steps = config.steps_per_candidate or max(1, iters // (2 * p * g))
     if config.population_adaptation:
-        smallest = max(2, math.floor(p * config.population_scale_min + 0.5))
-        largest = max(2, math.floor(p * config.population_scale_max + 0.5))
+        smallest = scaled_size(p, config.population_scale_min)
+        largest = scaled_size(p, config.population_scale_max)
     else:
         smallest = largest = p
     return Budget(

@@ -126,7 +126,7 @@ def attach_search(
     trainer: Trainer, symbio_config: dict[str, Any] | None, founders: list[Graph] | None = None
 ) -> Search:
     """Make the search a component of ``trainer`` (saved in checkpoints) and its driver."""
-    config = from_wire(symbio_config) if symbio_config else SymbioConfig()
+    config = from_wire(symbio_config)
     warnings = list(trainer.cfg.extra.get("symbio_warnings", []))
     search = Search(trainer, config, warnings=warnings, founders=founders)
     trainer.components["symbio"] = search
@@ -269,7 +269,7 @@ class Search:
                 return
             cand.steps = summary.steps
             cand.tokens_per_sec = summary.tokens_per_sec
-            cand.val_loss = self._evaluate()
+            cand.val_loss = t.evaluate()
             cand.fitness = fitness(cand.val_loss, cand.graph, cfg)
             if not last:
                 cand.best_loss = self._best_loss
@@ -374,10 +374,7 @@ class Search:
                 cand.steps, cand.val_loss = steps, r["val"]
                 cand.tokens_per_sec, cand.best_loss = r["tps"], r["best"]
                 cand.fitness = fitness(cand.val_loss, cand.graph, cfg)
-        best = population[0]
-        for cand in population[1:]:
-            if rank_key(cand, cfg.rank_by) < rank_key(best, cfg.rank_by):
-                best = cand
+        best = min(population, key=lambda c: rank_key(c, cfg.rank_by))  # ties: the earlier one
         owner = population.index(best) % world
         t.broadcast_state(owner)
         rng = [_rng_state(t.device) if rank == owner else None]
@@ -548,16 +545,6 @@ class Search:
             f"fitness={_fmt(cand.fitness)} | {cand.tokens_per_sec:,.0f} tok/s",
             level="debug",
         )
-
-    def _evaluate(self) -> float:
-        """Val loss on the fixed windows; under DDP every rank uses rank 0's value (one winner)."""
-        t = self.trainer
-        value = t.evaluate()
-        if t.ctx.world_size > 1:
-            box = torch.tensor([value], device=t.device, dtype=torch.float64)
-            torch.distributed.broadcast(box, src=0)
-            value = float(box.item())
-        return value
 
     def _step_fields(self, cand: Candidate) -> dict[str, Any]:
         fields: dict[str, Any] = {

@@ -11,7 +11,7 @@ import pytest
 from safetensors import safe_open
 
 from alpha.cli import main
-from tests.conftest import run_alpha, tiny_train_args
+from tests.conftest import read_jsonl, run_alpha, tiny_train_args
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny models on shared cores: far faster on one thread
 CONFIG = {
@@ -38,10 +38,6 @@ SEARCH_FIELDS = {
     "architecture_diversity",
 }
 CUSUM_FIELDS = {"cusum_grad", "cusum_clip", "cusum_tps", "cusum_val", "cusum_alerts"}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def checkpoint_meta(path: Path) -> dict:

@@ -12,13 +12,13 @@ import torch
 
 from alpha.cli import build_parser
 from alpha.config import domain_for
-from alpha.events import Event, EventBus, SymbioGeneration
+from alpha.events import EventBus, SymbioGeneration
 from alpha.model.gpt import GPT
 from alpha.symbio.graph import Basis, GraphActivation, Scale, to_json
 from alpha.symbio.search import Fusion, attach_search
 from alpha.train.launch import plan_from_args, prepare_data, prepare_tokenizer
 from alpha.train.trainer import RunContext, Trainer
-from tests.conftest import tiny_train_args
+from tests.conftest import Recorder, read_jsonl, tiny_train_args
 
 ZERO_FFN = Scale(Basis("identity"), 0.0)
 
@@ -32,18 +32,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def handle(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-
-def make_trainer(chat_file: Path, run_dir: Path, config: dict, *extra: str) -> tuple[Trainer, Collect]:
+def make_trainer(chat_file: Path, run_dir: Path, config: dict, *extra: str) -> tuple[Trainer, Recorder]:
     """A real Trainer on the tiny corpus, built the way ``alpha train`` builds it."""
     config_path = run_dir.parent / f"{run_dir.name}-symbio.json"
     config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -73,14 +62,14 @@ def make_trainer(chat_file: Path, run_dir: Path, config: dict, *extra: str) -> t
     plan.model_cfg.vocab_size = tokenizer.vocab_size
     torch.manual_seed(plan.train_cfg.seed)
     model = GPT(plan.model_cfg)
-    collect = Collect()
+    collect = Recorder()
     ctx = RunContext(plan.run_id, plan.run_dir, torch.device("cpu"), None)
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(model, plan.train_cfg, tokenizer, data, EventBus([collect]), ctx, domain_for("chat"))
     return trainer, collect
 
 
-def generations(collect: Collect) -> list[SymbioGeneration]:
+def generations(collect: Recorder) -> list[SymbioGeneration]:
     return [e for e in collect.events if isinstance(e, SymbioGeneration)]
 
 
@@ -121,7 +110,7 @@ SEARCH = {"searchMode": "composed-activation-search", "populationSize": 3, "gene
           "populationScaleStep": 0.4, "metricsInterval": 4}  # fmt: skip
 
 
-def _run(chat_file: Path, run_dir: Path, stop_at: int | None = None) -> tuple[Trainer, Collect]:
+def _run(chat_file: Path, run_dir: Path, stop_at: int | None = None) -> tuple[Trainer, Recorder]:
     trainer, collect = make_trainer(
         chat_file, run_dir, SEARCH, "--iters", "40", "--checkpoint-interval", "12"
     )
@@ -135,8 +124,10 @@ def _run(chat_file: Path, run_dir: Path, stop_at: int | None = None) -> tuple[Tr
 
 
 def _records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "symbio-candidates.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "tokensPerSec"} for line in lines]
+    return [
+        {k: v for k, v in r.items() if k != "tokensPerSec"}
+        for r in read_jsonl(run_dir / "symbio-candidates.jsonl")
+    ]
 
 
 def test_same_seed_same_search_and_a_stop_mid_generation_rewinds(chat_file, tmp_path):
