@@ -258,17 +258,6 @@ def throughput(args: argparse.Namespace) -> None:
     from alpha.sinks.remote import RemoteReporter, ReporterOptions
 
     server = Server()
-    record = {
-        "loss": 4.2,
-        "lr": 6e-4,
-        "gradNorm": 0.9,
-        "elapsed_ms": 30.0,
-        "tokens_per_sec": 4000.0,
-        "ms_per_iter": 30.0,
-        "clip_coef": 1.0,
-        "clip_pct": 0.0,
-        "tokens": 0,
-    }
     best = 0
     step = 0
     for rate in (1_000, 2_000, 5_000, 10_000, 20_000, 50_000, 100_000):
@@ -281,7 +270,7 @@ def throughput(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         for i in range(total):
             step += 1
-            reporter.handle(Step(step=step, metrics={"step": step, **record}))
+            reporter.handle(Step(step=step, metrics={"step": step, **STEP_RECORD}))
             if i % 100 == 99:  # pace the producer at `rate` events per second
                 ahead = (i + 1) / rate - (time.perf_counter() - start)
                 if ahead > 0:

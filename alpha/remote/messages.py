@@ -124,7 +124,7 @@ def coalesce(items: Iterable[Message]) -> list[Message]:
                     out[-1] = (last_path, {**last, "metrics": last["metrics"] + body["metrics"]})
                     continue
             elif kind != "metrics" and last.get("type") in ("event", "events") and same_run:
-                merged = _event_list(last) + _event_list(body)
+                merged = event_records(last) + event_records(body)
                 if len(merged) <= MAX_BATCH:
                     out[-1] = events(body["runId"], merged)
                     continue
@@ -132,7 +132,8 @@ def coalesce(items: Iterable[Message]) -> list[Message]:
     return out
 
 
-def _event_list(body: dict[str, Any]) -> list[dict[str, Any]]:
+def event_records(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The event records an ``event`` or ``events`` message carries."""
     return [body["event"]] if body.get("type") == "event" else list(body.get("events", []))
 
 

@@ -95,8 +95,7 @@ class Seen:
             self.metric_steps |= {r.get("step") for r in fresh}
             return messages.metrics(run_id, fresh) if fresh else None
         if kind in ("event", "events"):
-            records = [body["event"]] if kind == "event" else body.get("events", [])
-            fresh = [e for e in records if _event_key(e) not in self.event_keys]
+            fresh = [e for e in messages.event_records(body) if _event_key(e) not in self.event_keys]
             self.event_keys |= {_event_key(e) for e in fresh}
             return messages.events(run_id, fresh) if fresh else None
         if kind == "samples":

@@ -26,7 +26,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
 from alpha.server import protocol, views
-from alpha.server.auth import READ_COOKIE, may_read, may_write, secret_matches
+from alpha.server.auth import READ_COOKIE, grants_read, may_read, may_write
 from alpha.server.live import LiveHub, sse_message
 from alpha.server.protocol import ProtocolError
 from alpha.server.store import StorageError, Store
@@ -160,12 +160,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     # -- ingest --------------------------------------------------------------------------------
 
-    @app.post("/api/ingest")
-    async def ingest(request: Request) -> dict[str, Any]:
+    async def ingest_body(request: Request, shape: str) -> dict[str, Any]:
+        """An authorized ingest request's JSON object; ``shape`` names what 400 says it must be."""
         require_write(request)
         body = await read_json(request, settings.max_ingest_bytes)
         if not isinstance(body, dict):
-            raise ProtocolError("body must be a JSON object with a type")
+            raise ProtocolError(f"body must be a JSON object {shape}")
+        return body
+
+    @app.post("/api/ingest")
+    async def ingest(request: Request) -> dict[str, Any]:
+        body = await ingest_body(request, "with a type")
         kind = body.get("type")
         if kind not in ("run_start", "metrics", "heartbeat", "samples", "event", "events"):
             raise ProtocolError("Unknown ingest type" if kind is not None else "type is required")
@@ -241,10 +246,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
 
     @app.post("/api/ingest/complete")
     async def ingest_complete(request: Request) -> dict[str, Any]:
-        require_write(request)
-        body = await read_json(request, settings.max_ingest_bytes)
-        if not isinstance(body, dict):
-            raise ProtocolError("body must be a JSON object {runId, finalStep}")
+        body = await ingest_body(request, "{runId, finalStep}")
         run_id = protocol.run_id_of(body)
         final_step = protocol.step_of("finalStep", body.get("finalStep"))
         outcome = protocol.outcome_of(body.get("status"))
@@ -453,12 +455,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         form = parse_qs((await read_body(request, 8192)).decode("utf-8", "replace"))
         token = form.get("token", [""])[0]
         target = _local_path(form.get("next", ["/runs"])[0])
-        ok = (
-            settings.read_secret is None
-            or secret_matches(token, settings.read_secret)
-            or (settings.write_secret is not None and secret_matches(token, settings.write_secret))
-        )
-        if not ok:
+        if not grants_read(token, settings.read_secret, settings.write_secret):
             return templates.TemplateResponse(
                 request, "login.html", {"next": target, "error": "wrong secret"}, status_code=401
             )

@@ -35,10 +35,15 @@ def may_write(request: Request, write_secret: str | None) -> bool:
     return secret_matches(bearer_token(request), write_secret)
 
 
-def may_read(request: Request, read_secret: str | None, write_secret: str | None) -> bool:
+def grants_read(given: str | None, read_secret: str | None, write_secret: str | None) -> bool:
+    """Whether ``given`` may read: anything when no read secret is set, else either secret."""
     if read_secret is None:
         return True
-    for given in (bearer_token(request), request.cookies.get(READ_COOKIE)):
-        if secret_matches(given, read_secret) or (write_secret and secret_matches(given, write_secret)):
-            return True
-    return False
+    return secret_matches(given, read_secret) or bool(write_secret and secret_matches(given, write_secret))
+
+
+def may_read(request: Request, read_secret: str | None, write_secret: str | None) -> bool:
+    return any(
+        grants_read(given, read_secret, write_secret)
+        for given in (bearer_token(request), request.cookies.get(READ_COOKIE))
+    )

@@ -20,8 +20,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -198,24 +197,6 @@ class Store:
             conn = self._local.conn = self._connect()
         return conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            conn = self._writer
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise StorageError(f"database unavailable: {exc}") from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback(conn)
-                raise StorageError(f"write failed: {exc}") from exc
-            except BaseException:
-                self._rollback(conn)
-                raise
-
     def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a write transaction and return once it is committed (group commit).
 
@@ -289,11 +270,14 @@ class Store:
                 f"{self.path} has schema version {version}, newer than this alpha ({SCHEMA_VERSION})"
             )
         for number in range(version + 1, SCHEMA_VERSION + 1):
-            with self._write() as conn:
+
+            def job(conn: sqlite3.Connection, number: int = number) -> None:
                 for statement in MIGRATIONS[number - 1].split(";\n"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {number}")
+
+            self._submit(job)  # each migration in its own transaction
 
     def schema_version(self) -> int:
         return int(self._read("PRAGMA user_version")[0][0])
@@ -624,11 +608,6 @@ class Store:
                 (run_id, -1 if after_step is None else after_step, limit),
             )
         return [metric_to_wire(dict(row)) for row in rows]
-
-    def metric_steps(self, run_id: str) -> list[int]:
-        return [
-            row[0] for row in self._read("SELECT step FROM metrics WHERE run_id = ? ORDER BY step", (run_id,))
-        ]
 
     def chart_series(self, run_id: str, max_points: int = 2000) -> dict[str, Any]:
         """The whole run for the charts, at most about ``max_points`` rows.

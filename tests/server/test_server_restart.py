@@ -26,6 +26,19 @@ def ingest(http, body: dict) -> int:
     return http.post("/api/ingest", json=body).status_code
 
 
+def metrics(run_id: str, steps: range) -> dict:
+    return {"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in steps]}
+
+
+def saved_event(run_id: str) -> dict:
+    """The same client id each time: the server stores it once."""
+    return {
+        "type": "event",
+        "runId": run_id,
+        "event": {"id": "ev-1", "step": 30, "kind": "checkpoint_saved", "message": "saved"},
+    }
+
+
 def test_nothing_is_lost_across_restarts(tmp_path) -> None:
     server = ServerProcess(tmp_path).start()
     run_id = "chat_20260101000000_rst1"
@@ -45,12 +58,7 @@ def test_nothing_is_lost_across_restarts(tmp_path) -> None:
                 )
                 == 200
             )
-            assert (
-                ingest(
-                    http, {"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(1, 31)]}
-                )
-                == 200
-            )
+            assert ingest(http, metrics(run_id, range(1, 31))) == 200
             assert (
                 ingest(
                     http,
@@ -63,17 +71,7 @@ def test_nothing_is_lost_across_restarts(tmp_path) -> None:
                 )
                 == 200
             )
-            assert (
-                ingest(
-                    http,
-                    {
-                        "type": "event",
-                        "runId": run_id,
-                        "event": {"id": "ev-1", "step": 30, "kind": "checkpoint_saved", "message": "saved"},
-                    },
-                )
-                == 200
-            )
+            assert ingest(http, saved_event(run_id)) == 200
             payload = gzip.compress(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      " + b"\x00" * 64)
             assert (
                 http.post(
@@ -108,33 +106,13 @@ def test_nothing_is_lost_across_restarts(tmp_path) -> None:
                 )
                 == 200
             )  # resume
-            assert (
-                ingest(
-                    http, {"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(31, 61)]}
-                )
-                == 200
-            )
-            assert (
-                ingest(
-                    http,
-                    {
-                        "type": "event",
-                        "runId": run_id,
-                        "event": {"id": "ev-1", "step": 30, "kind": "checkpoint_saved", "message": "saved"},
-                    },
-                )
-                == 200
-            )
+            assert ingest(http, metrics(run_id, range(31, 61))) == 200
+            assert ingest(http, saved_event(run_id)) == 200
         server.stop(signal.SIGKILL)  # no chance to flush anything after answering
 
         server.start()
         with server.client() as http:
-            assert (
-                ingest(
-                    http, {"type": "metrics", "runId": run_id, "metrics": [metric(s) for s in range(61, 91)]}
-                )
-                == 200
-            )
+            assert ingest(http, metrics(run_id, range(61, 91))) == 200
             assert (
                 http.post("/api/ingest/complete", json={"runId": run_id, "finalStep": 90}).status_code == 200
             )
