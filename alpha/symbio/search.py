@@ -257,7 +257,7 @@ class Search:
         t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
         start, began = t.step, time.perf_counter()
         base = t.snapshot()
-        base_rng = _rng_state(t.device)
+        base_rng = t.rng_state()
         best: Candidate | None = None
         best_state: tuple[Snapshot, dict[str, torch.Tensor]] | None = None
         population = self.population
@@ -276,7 +276,7 @@ class Search:
                 self._log_candidate(cand)
             if best is None or rank_key(cand, cfg.rank_by) < rank_key(best, cfg.rank_by):
                 best = cand
-                best_state = None if last else (t.snapshot(), _rng_state(t.device))
+                best_state = None if last else (t.snapshot(), t.rng_state())
         assert best is not None
         eval_due = self._due(t.cfg.eval_interval, start)
         t.flush(val_loss=best.val_loss if eval_due else None)  # the last candidate's records
@@ -284,7 +284,7 @@ class Search:
         self._log_candidate(population[-1])
         if best_state is not None:
             t.restore(best_state[0])
-            _set_rng_state(best_state[1], t.device)
+            t.set_rng_state(best_state[1])
         self._adopt(population, best, start, began)
 
     def _train_candidate(
@@ -302,7 +302,7 @@ class Search:
         t = self.trainer
         if restore:
             t.restore(base)
-            _set_rng_state(base_rng, t.device)
+            t.set_rng_state(base_rng)
         if not self.config.carry_optimizer_state_across_candidates:
             _reset_moments(t.optimizer)
         self._activate(cand, log_population=len(self.population))
@@ -331,9 +331,9 @@ class Search:
         t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
         dist = torch.distributed
         rank, world = t.ctx.rank, t.ctx.world_size
-        start, began, tokens_start = t.step, time.perf_counter(), t.tokens_seen
+        start, began = t.step, time.perf_counter()
         base = t.snapshot()
-        base_rng = _rng_state(t.device)
+        base_rng = t.rng_state()
         population = self.population
         mine = list(range(rank, len(population), world))
         results: dict[int, dict[str, float]] = {}
@@ -353,19 +353,17 @@ class Search:
                 cand.val_loss, cand.fitness = val, fitness(val, cand.graph, cfg)
                 if best_k is None or rank_key(cand, cfg.rank_by) < rank_key(population[best_k], cfg.rank_by):
                     best_k = k
-                    best_state = None if j == len(mine) - 1 else (t.snapshot(), _rng_state(t.device))
+                    best_state = None if j == len(mine) - 1 else (t.snapshot(), t.rng_state())
             if best_state is not None:
                 t.restore(best_state[0])  # this rank's best, in case it is the winner
-                _set_rng_state(best_state[1], t.device)
+                t.set_rng_state(best_state[1])
         flag = torch.tensor([1.0 if stopped else 0.0], device=t.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, (results, recorder.events))
         records = [e for _, events in gathered for e in events]
-        t.tokens_seen = tokens_start
         if flag.item() > 0:  # some rank was stopped: the generation restarts on resume
-            t.replay(records, t.tokens_per_step // world)
-            t.tokens_seen = tokens_start
+            t.replay(records)
             self._rewind(base, base_rng, start)
             return
         for rank_results, _ in gathered:
@@ -377,15 +375,15 @@ class Search:
         best = min(population, key=lambda c: rank_key(c, cfg.rank_by))  # ties: the earlier one
         owner = population.index(best) % world
         t.broadcast_state(owner)
-        rng = [_rng_state(t.device) if rank == owner else None]
+        rng = [t.rng_state() if rank == owner else None]
         dist.broadcast_object_list(rng, src=owner)
-        _set_rng_state(rng[0], t.device)
+        t.set_rng_state(rng[0])
         t.step = start + len(population) * steps
         eval_due = self._due(t.cfg.eval_interval, start)
         last = max((e for e in records if isinstance(e, Step)), key=lambda e: e.step, default=None)
         if eval_due and last is not None:
             last.metrics["valLoss"] = best.val_loss
-        t.replay(records, t.tokens_per_step // world)
+        t.replay(records)
         if eval_due:
             t.record_eval(best.val_loss)
         for cand in population:
@@ -488,8 +486,8 @@ class Search:
         written now resumes this generation from its start."""
         t = self.trainer
         t.restore(base)
-        _set_rng_state(base_rng, t.device)
-        t.step = start
+        t.set_rng_state(base_rng)
+        t.step, t.tokens_seen = start, base.tokens_seen
         for cand in self.population:
             cand.steps, cand.val_loss, cand.fitness, cand.best_loss = 0, math.nan, math.nan, math.inf
             cand.tokens_per_sec = math.nan
@@ -732,16 +730,3 @@ def _reset_moments(optimizer: torch.optim.Optimizer) -> None:
 
 def _fmt(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "N/A"
-
-
-def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
-    state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)

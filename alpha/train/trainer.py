@@ -87,6 +87,7 @@ class RunContext:
 @dataclass
 class Snapshot:
     step: int
+    tokens_seen: int
     model: dict[str, torch.Tensor]
     optimizer: dict[str, dict[str, torch.Tensor]]
     guards: dict[str, torch.Tensor]
@@ -646,9 +647,9 @@ class Trainer:
         """Train on this rank alone (several processes, e.g. candidate-parallel search): no
         all-reduce and no collective at all, the first slice of every batch (what one process with
         this --batch trains on), stops seen by this rank only, and the events recorded instead of
-        emitted, for ``replay``. Counters are restored on exit; ``replay`` recounts them."""
+        emitted, for ``replay``. Counters and tokens are restored on exit; ``replay`` recounts them."""
         self._flush()
-        bus, counters = self.bus, dict(self.host_counters)
+        bus, counters, tokens = self.bus, dict(self.host_counters), self.tokens_seen
         recorder = RecordingBus(bus)
         self.bus, self.local = recorder, True
         try:
@@ -657,11 +658,12 @@ class Trainer:
             self._flush()
             self.bus, self.local = bus, False
             self.host_counters.update(counters)
+            self.tokens_seen = tokens
 
-    def replay(self, events: list[Event], tokens_per_step: int) -> None:
+    def replay(self, events: list[Event]) -> None:
         """Emit events recorded by ``local_steps`` (gathered from every rank) in step order, with
         the run's cumulative tokens, clip percentage and skip counters recomputed across them."""
-        c = self.host_counters
+        c, tokens_per_step = self.host_counters, self.tokens_per_step // self.ctx.world_size  # one rank's
         for event in sorted(events, key=lambda e: e.step):
             if isinstance(event, Step):
                 m = event.metrics
@@ -694,6 +696,7 @@ class Trainer:
         names = self.param_names
         return Snapshot(
             step=self.step,
+            tokens_seen=self.tokens_seen,
             model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
             optimizer={
                 names[id(p)]: {k: v.clone() for k, v in state.items()}
@@ -701,6 +704,20 @@ class Trainer:
             },
             guards={k: v.clone() for k, v in self.guards.items()},
         )
+
+    def rng_state(self) -> dict[str, torch.Tensor]:
+        """The torch RNG states the run draws from: ``cpu``, and ``cuda`` on a GPU."""
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def set_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Back to ``rng_state()``'s states (a GPU state is ignored on a CPU run)."""
+        if "cpu" in state:
+            torch.set_rng_state(state["cpu"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
 
     def restore(self, snap: Snapshot) -> None:
         """Weights, optimizer and guards back to ``snap``, copied in place (captured CUDA graphs
@@ -737,9 +754,7 @@ class Trainer:
         tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         tensors.update(optimizer_tensors(self.optimizer, self.param_names))
         tensors.update({f"trainer.guard.{k}": v for k, v in self.guards.items()})
-        tensors["trainer.rng.cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            tensors["trainer.rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        tensors.update({f"trainer.rng.{k}": v for k, v in self.rng_state().items()})
         meta = {
             "format": FORMAT,
             "step": self.step,
@@ -784,10 +799,7 @@ class Trainer:
             key = f"guard.{k}"
             if key in ckpt.trainer:
                 self.guards[k].copy_(ckpt.trainer[key].to(self.device))
-        if "rng.cpu" in ckpt.trainer:
-            torch.set_rng_state(ckpt.trainer["rng.cpu"])
-        if "rng.cuda" in ckpt.trainer and self.device.type == "cuda":
-            torch.cuda.set_rng_state(ckpt.trainer["rng.cuda"], self.device)
+        self.set_rng_state({k[4:]: v for k, v in ckpt.trainer.items() if k.startswith("rng.")})
         self.step = ckpt.step
         state = ckpt.meta.get("trainer", {})
         self.host_counters.update(state.get("hostCounters", {}))
