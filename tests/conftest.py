@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alpha.data.synth import synth_chat
-from alpha.events import Event
+from alpha.events import Alert, Event
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--dim", "32", "--heads", "2", "--layers", "2", "--block", "32", "--batch", "4"]
@@ -66,3 +66,6 @@ class Recorder:
 
     def close(self) -> None:
         pass
+
+    def alerts(self, kind: str) -> list[Alert]:
+        return [e for e in self.events if isinstance(e, Alert) and e.kind == kind]

@@ -10,23 +10,15 @@ import pytest
 
 from alpha.cli import main
 from alpha.errors import EXIT_UNHEALTHY
-from alpha.events import Alert, Event, EventBus
+from alpha.events import Alert, EventBus
 from alpha.health.watchdog import Watchdog
 from alpha.sinks.jsonl import EventsSink
+from tests import conftest
 from tests.health import health_streams as hs
 
 
-class Recorder:
+class Recorder(conftest.Recorder):
     """A sink that keeps what it is given (as the dashboard or Discord sinks would receive it)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def handle(self, event: Event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
 
     def health_alerts(self) -> list[Alert]:
         return [e for e in self.events if isinstance(e, Alert) and e.kind.startswith("health_")]

@@ -12,14 +12,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_alpha, tiny_train_args
+from tests.conftest import REPO, read_jsonl, run_alpha, tiny_train_args
 from tests.remote.conftest import Dashboard, assert_no_credentials, wait_for
 
 INFRA_KEYS = {"gpuName", "gpuVendor", "gpuVramMb", "hostname", "cpuCount", "ramTotalMb", "osPlatform"}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,7 @@ from alpha.data.tokens import TokenData
 from alpha.events import Alert, EventBus, Step
 from alpha.model.gpt import GPT
 from alpha.train.trainer import RunContext, Trainer
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.events = []
-
-    def handle(self, event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
+from tests.conftest import Recorder
 
 
 class _Tok:

@@ -19,26 +19,15 @@ from alpha.config import domain_for, resolve
 from alpha.data.tokenizer import CharTokenizer
 from alpha.data.tokens import TokenData
 from alpha.errors import ConfigError
-from alpha.events import Alert, EventBus, Samples
+from alpha.events import EventBus, Samples
 from alpha.model.gpt import GPT
 from alpha.train.sampler_process import sampler_mode
 from alpha.train.sampling import sample_prompts
 from alpha.train.trainer import RunContext, Trainer
+from tests import conftest
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events = []
-
-    def handle(self, event) -> None:
-        self.events.append(event)
-
-    def close(self) -> None:
-        pass
-
-    def alerts(self, kind: str) -> list[Alert]:
-        return [e for e in self.events if isinstance(e, Alert) and e.kind == kind]
-
+class Recorder(conftest.Recorder):
     def samples(self) -> list[Samples]:
         return [e for e in self.events if isinstance(e, Samples)]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_alpha, tiny_train_args
+from tests.conftest import REPO, read_jsonl, run_alpha, tiny_train_args
 
 STEP_LINE = re.compile(
     r"^step (\d+)/(\d+) \| loss=\d+\.\d{4}( val_loss=\d+\.\d{4})? \| lr=\d\.\d\de[+-]\d+ \| "
@@ -30,10 +30,6 @@ REQUIRED_FIELDS = {
     "clip_coef",
     "clip_pct",
 }
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 # 24 steps: evals and samples at 12 and 24, checkpoints every 6 (two kept), a log line every 4
