@@ -13,6 +13,7 @@ from pathlib import Path
 
 from alpha.errors import EXIT_FAILURE, ConfigError
 from alpha.remote.credentials import SECRET_ENV, URL_ENV
+from alpha.train.checkpoint_files import latest_checkpoint
 
 HELP = "upload a checkpoint (optimizer stripped, chunked, resumable) to the dashboard server"
 
@@ -33,10 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _checkpoint_file(path: Path) -> Path:
     if path.is_dir():
-        found = sorted(path.glob("checkpoint-*.safetensors"), key=lambda p: int(p.stem.split("-")[-1]))
-        if not found:
+        found = latest_checkpoint(path)
+        if found is None:
             raise ConfigError(f"{path} holds no checkpoint-<step>.safetensors")
-        return found[-1]
+        return found
     if not path.is_file():
         raise ConfigError(f"checkpoint {path} does not exist")
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,13 +22,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from alpha.errors import ConfigError
+from alpha.train.checkpoint_files import (  # noqa: F401  re-exported: the checkpoint API in one place
+    CHECKPOINT_RE,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+)
 
 FORMAT = "alpha-checkpoint/1"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.safetensors$")
-
-
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / f"checkpoint-{step}.safetensors"
 
 
 @dataclass
@@ -118,21 +118,6 @@ def strip_optimizer(src: Path, dst: Path) -> dict[str, Any]:
     meta["inferenceOnly"] = True
     write_atomic({f"model.{k}": v for k, v in ckpt.model.items()}, meta, dst)
     return meta
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    found = []
-    if run_dir.is_dir():
-        for p in run_dir.iterdir():
-            m = CHECKPOINT_RE.match(p.name)
-            if m:
-                found.append((int(m.group(1)), p))
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
 
 
 class Retention:
