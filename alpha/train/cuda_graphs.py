@@ -74,8 +74,9 @@ class GraphedStep:
             group["lr"] = self.lr  # fused AdamW reads the lr from this device tensor at replay
             group["capturable"] = True
         self.key: object = None
-        self._warm_next = True  # the first capture always warms up (compilation, workspaces)
-        self._warmed_modes: set[bool] = set()  # local / all-reduce steps warmed up at least once
+        # the modes (rank alone / all-reduce) warmed up since the computation last needed it: the
+        # first capture of each always warms up (compilation, workspaces, communicators)
+        self._warmed_modes: set[bool] = set()
         self.graphs: OrderedDict[object, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = OrderedDict()
         self.pool = torch.cuda.graph_pool_handle()
 
@@ -93,7 +94,8 @@ class GraphedStep:
         behind a graph break), so it can be captured directly.
         """
         self.key = key
-        self._warm_next = self._warm_next or warmup
+        if warmup:
+            self._warmed_modes.clear()
 
     def run(self, windows: np.ndarray, lr: float) -> torch.Tensor:
         self.trainer.staging.to_device(windows, out=self.tokens)
@@ -111,7 +113,7 @@ class GraphedStep:
     def _capture(self, key: object) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         trainer = self.trainer
         local = self.trainer.local
-        if self._warm_next or local not in self._warmed_modes:
+        if local not in self._warmed_modes:
             snap = trainer.snapshot()
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -120,7 +122,6 @@ class GraphedStep:
                     trainer._step_body(self.tokens, self.lr)
             torch.cuda.current_stream().wait_stream(side)
             trainer.restore(snap)
-            self._warm_next = False
             self._warmed_modes.add(local)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):

@@ -204,7 +204,6 @@ def init_distributed() -> tuple[int, int, int]:
 
 def exec_torchrun(gpus: int) -> None:
     """``alpha train --gpus N``: re-run this command under torchrun with N processes."""
-    argv = [a for a in sys.argv[1:]]
     cmd = [
         sys.executable,
         "-m",
@@ -213,7 +212,7 @@ def exec_torchrun(gpus: int) -> None:
         f"--nproc-per-node={gpus}",
         "-m",
         "alpha",
-        *argv,
+        *sys.argv[1:],
     ]
     os.execv(sys.executable, cmd)
 
