@@ -102,6 +102,7 @@ class ModelConfig:
     ffn_activation: str = "gelu"
     ffn_dim: int | None = None
     soft_cap: float = 0.0
+    fp32_residual: bool = False
     activation_graph: dict[str, Any] | None = None
 
     @property

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from alpha.config import domain_for, resolve
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--sdpa", default="default", choices=["default", "cudnn", "flash", "efficient"])
     p.add_argument("--compile-mode", default="default")
+    p.add_argument("--list", action="store_true", help="also list every kernel of the last step in order")
     args = p.parse_args()
     model_cfg, cfg = resolve(
         {"n_embd": 384, "n_head": 8, "n_layer": 8, "block_size": 512, "dropout": 0.0},
@@ -80,6 +82,14 @@ def main() -> None:
             f"{e.self_device_time_total / args.steps / 1000:8.3f} ms {share:5.1f}%  "
             f"x{e.count // args.steps:<4} {e.key[:110]}"
         )
+    if args.list:
+        kernels = sorted(
+            (e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start
+        )
+        last = kernels[-len(kernels) // args.steps :]
+        print(f"\nkernels of the last step, in order ({len(last)}):")
+        for e in last:
+            print(f"{e.time_range.elapsed_us():8.1f} us  {e.name[:160]}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 It times ``Trainer``'s own step (the one ``alpha train`` runs: guards, fused clipping, skips) on
 the seed model by default (dim 384, 8 heads, 8 layers, block 512, batch 20, vocab 4000), and with
-``--baseline`` a plain PyTorch loop of the same model in the same process: forward, backward,
+``--baseline`` a plain PyTorch loop of the same model in the same process: forward (fp32 residual
+stream, ``F.cross_entropy`` on fp32 logits, as plain autocast code has them), backward,
 ``clip_grad_norm_``, AdamW, with the same precision and compile settings (``--baseline-mode``
 picks the baseline's compile mode). Prints ms/step, tokens/s, MFU and peak memory.
 """
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 HELP = "measure training-step speed (tokens/s, MFU, memory) on random tokens"
@@ -33,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="gelu")
     p.add_argument("--activation-graph", default=None, help="JSON activation graph (implies composed)")
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument(
+        "--fp32-residual",
+        action="store_true",
+        help="keep alpha's residual stream in fp32 under bf16 autocast",
+    )
     p.add_argument("--steps", type=int, default=30, help="timed steps")
     p.add_argument("--warmup-steps", type=int, default=5, help="untimed steps first (compilation)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             "ffn_activation": "composed" if args.activation_graph else args.activation,
             "activation_graph": _graph(args.activation_graph),
             "dropout": args.dropout,
+            "fp32_residual": args.fp32_residual,
         },
         {
             "data": "<random>",
@@ -154,7 +162,15 @@ def run(args: argparse.Namespace) -> int:
         results["baseline"] = _report(
             _median(
                 measure,
-                _plain_loop(GPT(model_cfg).to(device), data, shape, device, precision, args, train_cfg),
+                _plain_loop(
+                    GPT(replace(model_cfg, fp32_residual=True)).to(device),
+                    data,
+                    shape,
+                    device,
+                    precision,
+                    args,
+                    train_cfg,
+                ),
                 args.repeat,
             ),
             tokens_per_step,
@@ -188,10 +204,12 @@ def _graph(text: str | None) -> dict | None:
 def _plain_loop(
     model: Any, data: Any, shape: dict, device: Any, precision: Any, args: argparse.Namespace, train_cfg: Any
 ) -> Any:
-    """The reference probe: autocast forward, backward, clip_grad_norm_, AdamW step."""
+    """The reference probe: autocast forward, ``F.cross_entropy`` on fp32 logits, backward,
+    clip_grad_norm_, AdamW step; the model keeps an fp32 residual stream, as plain autocast does."""
     import contextlib
 
     import torch
+    import torch.nn.functional as F
 
     from alpha.data.tokens import BatchSource
 
@@ -199,10 +217,14 @@ def _plain_loop(
     opt = torch.optim.AdamW(
         model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device.type == "cuda"
     )
-    step_model = model
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1))
+
     if train_cfg.compile:
         mode = None if args.baseline_mode == "default" else args.baseline_mode
-        step_model = torch.compile(model, mode=mode)
+        loss_of = torch.compile(loss_of, mode=mode)
 
     def step(i: int) -> None:
         x, y = batches.batch((0, i))
@@ -213,7 +235,7 @@ def _plain_loop(
             else contextlib.nullcontext()
         )
         with ctx:
-            loss = step_model(x, y)
+            loss = loss_of(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

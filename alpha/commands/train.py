@@ -27,6 +27,7 @@ MODEL_FLAGS = {
     "activation_graph": "activation_graph",
     "ffn_dim": "ffn_dim",
     "soft_cap": "soft_cap",
+    "fp32_residual": "fp32_residual",
 }
 # flag dest -> TrainConfig field
 TRAIN_FLAGS = {
@@ -106,6 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     _flag(g, "--ffn-dim", "--ffnDim", type=int, help="FFN hidden width (default 4C; swiglu 8C/3)")
     _flag(g, "--soft-cap", type=float, help="tanh soft-cap on attention scores (0 = off, flash path)")
+    _toggle(g, "--fp32-residual", "keep the residual stream in fp32 under bf16 autocast (default: bf16)")
 
     g = p.add_argument_group("optimisation")
     _flag(g, "--iters", "--steps", type=int, help="optimizer steps")

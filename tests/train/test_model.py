@@ -1,11 +1,13 @@
-"""The GPT's math: causality, KV-cache decoding, parameter count, the lr schedule."""
+"""The GPT's math: causality, KV-cache decoding, parameter count, the loss, precision, the lr schedule."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from alpha.config import ModelConfig, TrainConfig
 from alpha.model.gpt import GPT, KVCache, flops_per_token
+from alpha.model.losses import cross_entropy
 from alpha.train.optim import lr_at, parameter_groups
 
 
@@ -62,3 +64,49 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
     assert lrs[0] == 1e-4 and abs(lrs[9] - 1e-3) < 1e-12
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
     assert abs(lrs[-1] - 1e-4) < 1e-12
+
+
+def test_cross_entropy_matches_torch_in_value_and_gradient() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (64,))
+    ours = cross_entropy(logits, targets)
+    (g_ours,) = torch.autograd.grad(ours * 3.0, logits)
+    ref = F.cross_entropy(logits, targets)
+    (g_ref,) = torch.autograd.grad(ref * 3.0, logits)
+    torch.testing.assert_close(ours, ref.float(), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(g_ours, g_ref, atol=1e-7, rtol=1e-6)
+
+
+def test_cross_entropy_of_bf16_logits_is_computed_in_fp32() -> None:
+    torch.manual_seed(0)
+    logits = (torch.randn(256, 1000) * 4).bfloat16().requires_grad_()
+    targets = torch.randint(0, 1000, (256,))
+    ours = cross_entropy(logits, targets)
+    (grad,) = torch.autograd.grad(ours, logits)
+    exact = logits.detach().double().requires_grad_()
+    ref = F.cross_entropy(exact, targets)
+    (g_ref,) = torch.autograd.grad(ref, exact)
+    assert ours.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    assert abs(ours.item() - ref.item()) < 1e-5
+    torch.testing.assert_close(grad.double(), g_ref, atol=1e-5, rtol=1e-2)
+
+
+def test_residual_stream_is_bf16_under_bf16_autocast_unless_asked_for_fp32() -> None:
+    seen: list[torch.dtype] = []
+    for fp32_residual in (False, True):
+        torch.manual_seed(0)
+        model = GPT(tiny(fp32_residual=fp32_residual))
+        handle = model.layers[1].register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+        x = torch.randint(0, 97, (2, 16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x, x)
+        loss.backward()
+        handle.remove()
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+    assert seen == [torch.bfloat16, torch.float32]
+    with torch.no_grad():  # without autocast nothing changes: fp32 throughout
+        model = GPT(tiny())
+        model.layers[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+        model(torch.randint(0, 97, (1, 8)))
+    assert seen[-1] == torch.float32
