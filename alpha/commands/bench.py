@@ -220,7 +220,7 @@ def _plain_loop(
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = model(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.view(-1))
+        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), y.reshape(-1))
 
     if train_cfg.compile:
         mode = None if args.baseline_mode == "default" else args.baseline_mode

@@ -1,14 +1,14 @@
 """The GPT: pre-LayerNorm decoder, learned positions, causal SDPA attention, untied head.
 
 Follows GPT-2 (and nanoGPT): token + position embeddings, L blocks of ``x + attn(ln1(x))`` and
-``x + mlp(ln2(x))``, a final LayerNorm and a linear head. Each residual add is done by the
-LayerNorm that follows it (``fused_norm.AddLayerNorm``, one kernel on CUDA). No linear layer has
-a bias; LayerNorms do. Initialisation is GPT-2's: N(0, 0.02), residual projections scaled by
-1/sqrt(2L). Under bf16 autocast the residual stream itself is bf16 (Megatron-LM's default;
-``fp32_residual`` keeps it in fp32), which halves the memory traffic of every residual add and
-LayerNorm, forward and backward. Attention goes through ``scaled_dot_product_attention`` (flash
-on CUDA) unless a tanh soft-cap on the scores is asked for, which needs the explicit path. The
-loss is ``losses.cross_entropy``, which never materialises fp32 log-probabilities.
+``x + mlp(ln2(x))``, a final LayerNorm and a linear head. No linear layer has a bias; LayerNorms
+do. Initialisation is GPT-2's: N(0, 0.02), residual projections scaled by 1/sqrt(2L).
+
+Under bf16 autocast the residual stream itself is bf16 (Megatron-LM's default; ``fp32_residual``
+keeps it in fp32), which halves the memory traffic of every residual add and LayerNorm, forward
+and backward. Attention goes through ``scaled_dot_product_attention`` (flash on CUDA) unless a
+tanh soft-cap on the scores is asked for, which needs the explicit path. The loss is
+``losses.cross_entropy``, which never materialises fp32 log-probabilities.
 
 ``forward`` also runs incremental decoding with a per-layer KV cache (``KVCache``), used by
 sampling; training never passes a cache.
@@ -25,7 +25,6 @@ from torch import nn
 
 from alpha.config import ModelConfig
 from alpha.model.activations import MLP
-from alpha.model.fused_norm import AddLayerNorm
 from alpha.model.losses import cross_entropy
 
 
@@ -101,22 +100,16 @@ def _causal_mask(t_new: int, past: int, device: torch.device) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    """One pre-LN block. The residual add of each branch is left to the LayerNorm that follows it
-    (``AddLayerNorm``): the block takes the previous block's pending MLP output and returns its own."""
-
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.ln1 = AddLayerNorm(cfg.n_embd)
+        self.ln1 = nn.LayerNorm(cfg.n_embd)
         self.attn = CausalSelfAttention(cfg)
-        self.ln2 = AddLayerNorm(cfg.n_embd)
+        self.ln2 = nn.LayerNorm(cfg.n_embd)
         self.mlp = MLP(cfg)
 
-    def forward(
-        self, x: torch.Tensor, pending: torch.Tensor | None = None, cache: LayerCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        x, h = self.ln1(x, pending)  # x += pending; h = ln1(x)
-        x, h = self.ln2(x, self.attn(h, cache))  # x += attn(h); h = ln2(x)
-        return x, self.mlp(h)
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache)
+        return x + self.mlp(self.ln2(x))
 
 
 class GPT(nn.Module):
@@ -128,7 +121,7 @@ class GPT(nn.Module):
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = AddLayerNorm(cfg.n_embd)
+        self.ln_f = nn.LayerNorm(cfg.n_embd)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
@@ -159,11 +152,9 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)
         if not self.config.fp32_residual and _autocast_dtype(x.device) == torch.bfloat16:
             x = x.to(torch.bfloat16)
-        pending = None
         for i, block in enumerate(self.layers):
-            x, pending = block(x, pending, cache.layers[i] if cache is not None else None)
-        _, h = self.ln_f(x, pending)
-        logits = self.lm_head(h)
+            x = block(x, cache.layers[i] if cache is not None else None)
+        logits = self.lm_head(self.ln_f(x))
         if targets is None:
             return logits
         return cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
