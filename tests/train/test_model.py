@@ -110,3 +110,16 @@ def test_residual_stream_is_bf16_under_bf16_autocast_unless_asked_for_fp32() -> 
         model.layers[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
         model(torch.randint(0, 97, (1, 8)))
     assert seen[-1] == torch.float32
+
+
+def test_fp32_residual_flag_reaches_the_model_config_and_its_wire_form() -> None:
+    import argparse
+
+    from alpha.commands.train import add_arguments, configs_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default, _ = configs_from_args(parser.parse_args(["--data", "x.txt"]))
+    asked, _ = configs_from_args(parser.parse_args(["--data", "x.txt", "--fp32-residual"]))
+    assert default.fp32_residual is False and asked.fp32_residual is True
+    assert asked.to_wire()["fp32Residual"] is True
