@@ -86,7 +86,7 @@ def main() -> None:
         kernels = sorted(
             (e for e in prof.events() if e.device_type == DeviceType.CUDA), key=lambda e: e.time_range.start
         )
-        last = kernels[-len(kernels) // args.steps :]
+        last = kernels[len(kernels) - len(kernels) // args.steps :]
         print(f"\nkernels of the last step, in order ({len(last)}):")
         for e in last:
             print(f"{e.time_range.elapsed_us():8.1f} us  {e.name[:160]}")

@@ -29,17 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from alpha.data.tokenizer import load_tokenizer
     from alpha.errors import ConfigError
     from alpha.model.gpt import GPT
-    from alpha.train.checkpoint import latest_checkpoint, load_checkpoint
+    from alpha.train.checkpoint import load_checkpoint
+    from alpha.train.checkpoint_files import find_checkpoint
     from alpha.train.sampling import generate
 
     if args.steps <= 0:
         raise ConfigError("--steps must be > 0")
-    path = Path(args.checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise ConfigError(f"no checkpoint in {path}")
-        path = found
+    path = find_checkpoint(Path(args.checkpoint), "--checkpoint")
     ckpt = load_checkpoint(path)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is available")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from alpha.errors import EXIT_FAILURE, ConfigError
 from alpha.remote.credentials import SECRET_ENV, URL_ENV
-from alpha.train.checkpoint_files import latest_checkpoint
+from alpha.train.checkpoint_files import find_checkpoint
 
 HELP = "upload a checkpoint (optimizer stripped, chunked, resumable) to the dashboard server"
 
@@ -32,23 +32,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _checkpoint_file(path: Path) -> Path:
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise ConfigError(f"{path} holds no checkpoint-<step>.safetensors")
-        return found
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist")
-    return path
-
-
 def run(args: argparse.Namespace) -> int:
     from alpha.remote.credentials import RemoteSettings
 
     if not 1 <= args.chunk_kib <= 1024:
         raise ConfigError(f"--chunk-kib must be between 1 and 1024 (got {args.chunk_kib})")
-    checkpoint = _checkpoint_file(Path(args.checkpoint))
+    checkpoint = find_checkpoint(Path(args.checkpoint), "checkpoint")
     settings = RemoteSettings.from_env(args.url_env, args.secret_env)
     if settings is None:
         raise ConfigError(f"set ${args.url_env} and ${args.secret_env} to upload to a dashboard server")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from alpha.errors import ConfigError
+
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)\.safetensors$")
 
 
@@ -30,3 +32,18 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1][1] if found else None
+
+
+def find_checkpoint(path: Path, flag: str) -> Path:
+    """A checkpoint file, or a run directory meaning its latest checkpoint.
+
+    Anything else is a ConfigError that names ``flag`` (the option or argument the path came from).
+    """
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise ConfigError(f"{flag} {path}: no checkpoint-<step>.safetensors in that directory")
+        return found
+    if not path.exists():
+        raise ConfigError(f"{flag} {path}: no checkpoint there, the path does not exist")
+    return path

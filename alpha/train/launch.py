@@ -51,6 +51,7 @@ from alpha.sinks.jsonl import EventsSink, MetricsSink
 from alpha.sinks.logfile import ConsoleSink, LogFileSink
 from alpha.sinks.remote import from_env as remote_sink
 from alpha.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from alpha.train.checkpoint_files import find_checkpoint
 from alpha.train.sampler_process import sampler_mode
 from alpha.train.trainer import RunContext, Trainer
 
@@ -104,15 +105,7 @@ def _find_resume_checkpoint(resume: str, run_dir: str | None) -> Path:
                 "--resume latest: no checkpoint found" + (f" in {run_dir}" if run_dir else " under runs/")
             )
         return found
-    path = Path(resume)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise ConfigError(f"--resume {resume}: no checkpoint in that directory")
-        return found
-    if not path.exists():
-        raise ConfigError(f"--resume {resume}: no such checkpoint")
-    return path
+    return find_checkpoint(Path(resume), "--resume")
 
 
 def _plan_resume(

@@ -88,6 +88,12 @@ def test_resume_from_a_corrupt_checkpoint(files) -> None:
     assert_one_line_error(run_alpha("train", "--resume", str(files["corrupt.safetensors"])), "checkpoint")
 
 
+@pytest.mark.parametrize("command", [["train", "--resume"], ["sample", "--checkpoint"], ["upload"]])
+def test_a_checkpoint_path_that_is_missing_or_an_empty_directory(command, tmp_path: Path) -> None:
+    assert_one_line_error(run_alpha(*command, str(tmp_path / "nowhere")), "does not exist")
+    assert_one_line_error(run_alpha(*command, str(tmp_path)), "no checkpoint-<step>.safetensors")
+
+
 def test_resume_with_a_different_model_shape(chat_file: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "r"
     ok = run_alpha(*train(chat_file, "--iters", "2", "--run-dir", str(run_dir), "--sample-interval", "0"))
