@@ -156,6 +156,7 @@ class TrainConfig:
     dtype: str = "auto"
     compile: bool | None = None  # None: on for CUDA
     cuda_graphs: bool | None = None  # None: on for CUDA when compiling
+    wgrad_stream: bool | None = None  # None: on for CUDA under autocast (alpha.model.linear)
     log_every: int = 10
     run_dir: str | None = None
     resume: str | None = None

@@ -50,6 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="replay alpha's whole step as a CUDA graph (default: on when compiling on CUDA)",
     )
+    p.add_argument(
+        "--wgrad-stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="alpha's weight gradients on a side CUDA stream (default: on for CUDA with autocast)",
+    )
     p.add_argument("--baseline", action="store_true", help="also time a plain PyTorch loop")
     p.add_argument("--baseline-mode", default="default", help="torch.compile mode of the baseline (CUDA)")
     p.add_argument("--repeat", type=int, default=1, help="repeat each measurement, report the median")
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             "backend": backend,
             "dtype": args.dtype,
             "compile": args.compile,
+            "wgrad_stream": args.wgrad_stream,
             "lr": 3e-4,
             "grad_clip": 1.0,
             "vocab_size": 4000,
@@ -150,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
 
     ctx = RunContext("bench", _tmp_dir(), device, precision)
     trainer = Trainer(model, train_cfg, _Tokenizer(), data, EventBus(), ctx, domain_for("text"))  # type: ignore[arg-type]
+    results["config"]["wgrad_stream"] = trainer.wgrad_stream is not None
 
     def ours(i: int) -> None:
         trainer._train_step((0, i), i)

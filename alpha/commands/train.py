@@ -60,6 +60,7 @@ TRAIN_FLAGS = {
     "dtype": "dtype",
     "compile": "compile",
     "cuda_graphs": "cuda_graphs",
+    "wgrad_stream": "wgrad_stream",
     "log_every": "log_every",
     "run_dir": "run_dir",
     "resume": "resume",
@@ -147,6 +148,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _flag(g, "--dtype", choices=list(DTYPES), help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32")
     _toggle(g, "--compile", "torch.compile the model (default: on for CUDA)")
     _toggle(g, "--cuda-graphs", "replay each step as one CUDA graph (default: on when compiling on CUDA)")
+    _toggle(g, "--wgrad-stream", "weight gradients on a side CUDA stream (default: on for CUDA autocast)")
     _flag(g, "--gpus", type=int, help="GPUs on this host (starts torchrun when > 1)")
     g.add_argument(
         "--fp16", action="store_true", default=None, help="reference alias: mixed precision (bf16 autocast)"

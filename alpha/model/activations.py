@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpha.config import ModelConfig
+from alpha.model.linear import Linear
 from alpha.symbio.graph import GraphActivation, from_json
 
 
@@ -81,8 +82,8 @@ class MLP(nn.Module):
         super().__init__()
         self.gated = cfg.ffn_activation in GATED
         hidden = cfg.ffn_hidden
-        self.fc1 = nn.Linear(cfg.n_embd, hidden * (2 if self.gated else 1), bias=False)
-        self.fc2 = nn.Linear(hidden, cfg.n_embd, bias=False)
+        self.fc1 = Linear(cfg.n_embd, hidden * (2 if self.gated else 1))
+        self.fc2 = Linear(hidden, cfg.n_embd)
         self.act = make_activation(cfg)
         self.dropout = nn.Dropout(cfg.dropout)
 

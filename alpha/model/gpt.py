@@ -25,6 +25,7 @@ from torch import nn
 
 from alpha.config import ModelConfig
 from alpha.model.activations import MLP
+from alpha.model.linear import Linear
 from alpha.model.losses import cross_entropy
 
 
@@ -53,8 +54,8 @@ class CausalSelfAttention(nn.Module):
         self.head_dim = cfg.n_embd // cfg.n_head
         self.soft_cap = cfg.soft_cap
         self.dropout_p = cfg.dropout
-        self.wqkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=False)
-        self.wo = nn.Linear(cfg.n_embd, cfg.n_embd, bias=False)
+        self.wqkv = Linear(cfg.n_embd, 3 * cfg.n_embd)
+        self.wo = Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
@@ -122,7 +123,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size)
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * cfg.n_layer)
         for name, p in self.named_parameters():

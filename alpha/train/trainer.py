@@ -37,6 +37,7 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
+from alpha.model.linear import COMPILE_OPTIONS, WeightGradStream
 from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
@@ -128,6 +129,13 @@ def eval_chunks(
     return [(xs[i : i + per_chunk], ys[i : i + per_chunk]) for i in range(0, len(xs), per_chunk)]
 
 
+def _use_wgrad_stream(cfg: TrainConfig, ctx: RunContext) -> bool:
+    """Weight gradients on a side stream: on by default for CUDA under autocast (where they pay)."""
+    if cfg.wgrad_stream is not None:
+        return cfg.wgrad_stream
+    return ctx.device.type == "cuda" and ctx.autocast_dtype is not None
+
+
 class Trainer:
     def __init__(
         self,
@@ -149,8 +157,16 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
+        self.wgrad_stream: WeightGradStream | None = None
+        compile_options: dict[str, Any] = {}
+        if _use_wgrad_stream(cfg, ctx):
+            self.wgrad_stream = WeightGradStream(self.device)
+            self.wgrad_stream.attach(self.model)
+            compile_options = dict(COMPILE_OPTIONS)
         self._bind_flat_gradients()
-        self.forward_model: nn.Module = torch.compile(self.model) if cfg.compile else self.model
+        self.forward_model: nn.Module = (
+            torch.compile(self.model, options=compile_options) if cfg.compile else self.model
+        )
         self.staging = PinnedStaging(self.device)
         self.graphed: GraphedStep | None = None
         block = self.model_cfg.block_size
@@ -263,6 +279,8 @@ class Trainer:
         else:
             for p in self.params:
                 p.grad = None
+        if self.wgrad_stream is not None:
+            self.wgrad_stream.begin_step()
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(k):
             x, y = tokens[micro, :, :-1], tokens[micro, :, 1:]
@@ -270,6 +288,8 @@ class Trainer:
                 loss = self.forward_model(x, y)
             (loss * (g["loss_scale"] / k)).backward()
             loss_sum += loss.detach().float()
+        if self.wgrad_stream is not None:  # weight gradients computed on the side stream
+            self.wgrad_stream.join()
         if buffer is not None:  # gradients and loss averaged over ranks in one collective
             buffer[-1:].copy_(loss_sum.reshape(1) / k)
             if not self.local:

@@ -1,0 +1,142 @@
+"""Linear layers whose weight gradients are computed on a side CUDA stream.
+
+In the backward pass of ``y = x Wᵀ`` the input gradient ``dx = dy W`` is on the critical path (the
+layer below needs it next) while the weight gradient ``dW = dyᵀ x`` is needed only by the
+optimizer. Once ``WeightGradStream.attach`` has given a model's ``Linear`` layers their slots,
+each layer's backward computes ``dx`` on the current stream and ``dW`` on a side stream, as an fp32
+product straight into ``weight.grad`` (no bf16 rounding, no cast kernel), so the weight-gradient
+GEMMs run alongside the memory-bound kernels of the layers below (LayerNorm, GELU, attention's
+backward). ``WeightGradStream.join`` makes the current stream wait for them; call it before
+anything reads a gradient.
+
+Gradients accumulate as autograd's do, except that the first backward after ``begin_step``
+overwrites ``weight.grad`` instead of adding to it (no zeroing pass).
+
+Inside ``torch.compile`` the backward is one opaque op (``alpha::linear_backward``). Tensors read on
+the side stream are protected with ``record_stream`` from the caching allocator, but Inductor
+assigns memory itself too, so a model compiled with slots attached must be compiled with
+``COMPILE_OPTIONS`` and without donated buffers (``WeightGradStream.attach`` turns those off). On
+CPU (used by the tests) the weight gradient is computed in place of the side stream.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Inductor must not hand a buffer that the side stream may still be reading to a later kernel.
+COMPILE_OPTIONS = {"allow_buffer_reuse": False, "inplace_buffers": False}
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias whose weight gradient goes through a ``WeightGradStream``."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.grad_slot: int | None = None  # set by WeightGradStream.attach
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_slot is None or not torch.is_grad_enabled():
+            return F.linear(x, self.weight)
+        return _LinearFunction.apply(x, self.weight, self.grad_slot)
+
+
+class WeightGradStream:
+    """A side stream and the weights whose gradients are computed on it."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.device = device
+        self.weights: dict[int, nn.Parameter] = {}  # by slot
+        self._fresh: set[int] = set()  # slots whose next gradient overwrites weight.grad
+
+    def attach(self, model: nn.Module) -> list[nn.Parameter]:
+        """Give every ``Linear`` of ``model`` a slot of this stream; returns their weights."""
+        torch._functorch.config.donated_buffer = False  # see the module docstring
+        for module in model.modules():
+            if isinstance(module, Linear):
+                module.grad_slot = len(_SLOTS)
+                _SLOTS.append(weakref.ref(self))
+                self.weights[module.grad_slot] = module.weight
+        return list(self.weights.values())
+
+    def begin_step(self) -> None:
+        """The next gradient of each weight overwrites ``weight.grad`` (a step's first micro-batch)."""
+        self._fresh = set(self.weights)
+
+    def join(self) -> None:
+        """Make the current stream wait for every weight gradient launched so far."""
+        if self.stream is not None:
+            torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def compute(self, slot: int, dy: torch.Tensor, x: torch.Tensor) -> None:
+        """weight.grad of ``slot`` (+)= dyᵀ x, on the side stream; dy (N, out), x (N, in)."""
+        weight = self.weights[slot]
+        if (dy.shape[1], x.shape[1]) != weight.shape:
+            raise RuntimeError(f"linear slot {slot} belongs to a weight of another shape")
+        overwrite = slot in self._fresh or weight.grad is None
+        self._fresh.discard(slot)
+        if weight.grad is None:
+            weight.grad = torch.empty_like(weight)
+        grad = weight.grad
+        if self.stream is None:
+            _weight_grad_into(grad, dy, x, overwrite)
+            return
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(self.stream):
+            _weight_grad_into(grad, dy, x, overwrite)
+        dy.record_stream(self.stream)
+        x.record_stream(self.stream)
+
+
+# Every slot ever given, process-wide: a model's slots stay valid when another model is attached.
+_SLOTS: list[weakref.ref[WeightGradStream]] = []
+
+
+def _weight_grad_into(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, overwrite: bool) -> None:
+    """grad (fp32) = or += dyᵀ x, with dy (N, out) and x (N, in) in the compute dtype."""
+    if dy.is_cuda:
+        if overwrite:
+            torch.mm(dy.t(), x, out_dtype=torch.float32, out=grad)
+        else:
+            grad.add_(torch.mm(dy.t(), x, out_dtype=torch.float32))
+    else:
+        product = dy.t().float() @ x.float()
+        grad.copy_(product) if overwrite else grad.add_(product)
+
+
+@torch.library.custom_op("alpha::linear_backward", mutates_args=())
+def linear_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, slot: int) -> torch.Tensor:
+    """dx = dy W on the current stream; dW = dyᵀ x launched on the side stream into weight.grad."""
+    owner = _SLOTS[slot]()
+    if owner is None:
+        raise RuntimeError(f"the WeightGradStream of linear slot {slot} is gone")
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    x2 = x.reshape(-1, x.shape[-1])
+    dx = (dy2 @ weight).view(*dy.shape[:-1], weight.shape[1])
+    owner.compute(slot, dy2, x2)
+    return dx
+
+
+@linear_backward.register_fake
+def _(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, slot: int) -> torch.Tensor:
+    return dy.new_empty(*dy.shape[:-1], weight.shape[1])
+
+
+class _LinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, slot: int) -> torch.Tensor:  # type: ignore[override]
+        device = x.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        x, weight = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.slot = slot
+        return x @ weight.t()
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        return torch.ops.alpha.linear_backward(dy.contiguous(), x, weight, ctx.slot), None, None

@@ -1,0 +1,178 @@
+"""Weight gradients through WeightGradStream equal autograd's, eager and compiled, in the trainer too."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alpha.config import ModelConfig, domain_for, resolve
+from alpha.data.tokens import TokenData
+from alpha.events import EventBus
+from alpha.model.gpt import GPT
+from alpha.model.linear import COMPILE_OPTIONS, Linear, WeightGradStream
+from alpha.train.trainer import RunContext, Trainer
+
+TINY = ModelConfig(n_embd=32, n_head=2, n_layer=2, block_size=16, vocab_size=50, dropout=0.0)
+
+
+def _pair(device: str = "cpu") -> tuple[GPT, GPT, WeightGradStream]:
+    torch.manual_seed(0)
+    plain = GPT(TINY).to(device)
+    streamed = copy.deepcopy(plain)
+    ws = WeightGradStream(torch.device(device))
+    ws.attach(streamed)
+    return plain, streamed, ws
+
+
+def _tokens(device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.randint(0, 50, (3, 17), generator=torch.Generator().manual_seed(1)).to(device)
+    return t[:, :-1], t[:, 1:]
+
+
+def _assert_same_grads(a: GPT, b: GPT, atol: float, rtol: float = 1e-4) -> None:
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert pb.grad is not None, name
+        torch.testing.assert_close(pb.grad, pa.grad, atol=atol, rtol=rtol, msg=name)
+
+
+def test_every_linear_gets_a_slot_and_its_weight_gradient_equals_autograds() -> None:
+    plain, streamed, ws = _pair()
+    linears = [m for m in streamed.modules() if isinstance(m, Linear)]
+    assert len(linears) == 2 * 4 + 1
+    assert sorted(ws.weights) == sorted(m.grad_slot for m in linears)
+    assert all(ws.weights[m.grad_slot] is m.weight for m in linears)
+    x, y = _tokens()
+    plain(x, y).backward()
+    ws.begin_step()
+    streamed(x, y).backward()
+    ws.join()
+    _assert_same_grads(plain, streamed, atol=1e-6)
+
+
+def test_a_steps_first_gradient_overwrites_and_later_ones_accumulate() -> None:
+    plain, streamed, ws = _pair()
+    x, y = _tokens()
+    for _ in range(2):  # autograd accumulates two backward passes
+        plain(x, y).backward()
+    for p in streamed.parameters():  # stale gradients that begin_step must not add to
+        p.grad = torch.full_like(p, 7.0)
+    ws.begin_step()
+    for p in streamed.parameters():
+        if not any(p is w for w in ws.weights.values()):
+            p.grad = None
+    for _ in range(2):
+        streamed(x, y).backward()
+    ws.join()
+    _assert_same_grads(plain, streamed, atol=1e-6)
+
+
+def test_a_model_keeps_its_own_slots_when_another_is_attached_later() -> None:
+    plain, streamed, ws = _pair()
+    _, _, later = _pair()  # another stream, attached after
+    assert not set(later.weights) & set(ws.weights)
+    x, y = _tokens()
+    plain(x, y).backward()
+    ws.begin_step()
+    streamed(x, y).backward()
+    ws.join()
+    _assert_same_grads(plain, streamed, atol=1e-6)
+    assert all(w.grad is None for w in later.weights.values())
+
+
+def test_without_grad_the_layer_is_a_plain_linear() -> None:
+    _, streamed, ws = _pair()
+    x, _ = _tokens()
+    with torch.no_grad():
+        logits = streamed(x)
+    assert logits.shape == (3, 16, 50)
+    assert all(w.grad is None for w in ws.weights.values())
+
+
+def test_compiled_model_gives_the_same_gradients() -> None:
+    plain, streamed, ws = _pair()
+    compiled = torch.compile(streamed, options=COMPILE_OPTIONS)
+    x, y = _tokens()
+    plain(x, y).backward()
+    ws.begin_step()
+    compiled(x, y).backward()
+    ws.join()
+    _assert_same_grads(plain, streamed, atol=1e-5)
+
+
+def _trainer(tmp_path: Path, wgrad_stream: bool) -> Trainer:
+    model_cfg, cfg = resolve(
+        {"n_embd": 32, "n_head": 2, "n_layer": 2, "block_size": 16, "dropout": 0.0},
+        {
+            "data": "x",
+            "iters": 6,
+            "batch_size": 2,
+            "grad_accum_steps": 2,
+            "eval_interval": 1000,
+            "sample_interval": 0,
+            "checkpoint_interval": 1000,
+            "log_every": 1,
+            "compile": False,
+            "wgrad_stream": wgrad_stream,
+        },
+    )
+    model_cfg.vocab_size = 50
+    tokens = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
+    torch.manual_seed(0)
+    ctx = RunContext(f"w{wgrad_stream}", tmp_path, torch.device("cpu"), None)
+    data = TokenData(tokens, tokens[:500], {})
+
+    class _Tok:
+        eot_id = 0
+
+    return Trainer(GPT(model_cfg), cfg, _Tok(), data, EventBus(), ctx, domain_for("text"))
+
+
+def test_trainer_steps_with_and_without_the_stream_train_the_same_weights(tmp_path: Path) -> None:
+    with_stream = _trainer(tmp_path / "a", True)
+    without = _trainer(tmp_path / "b", False)
+    assert with_stream.wgrad_stream is not None and without.wgrad_stream is None
+    for i in range(4):  # two micro-batches a step: overwrite, then accumulate
+        with_stream._train_step((0, i), i)
+        without._train_step((0, i), i)
+    for (name, a), b in zip(without.model.named_parameters(), with_stream.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_side_stream_gradients_under_bf16_autocast_and_graph_capture() -> None:
+    plain, streamed, ws = _pair("cuda")
+    compiled = torch.compile(streamed, options=COMPILE_OPTIONS)
+    x, y = _tokens("cuda")
+
+    def step(model: torch.nn.Module, graphed: bool) -> None:
+        for p in model.parameters():
+            p.grad = None
+        if graphed:
+            ws.begin_step()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x, y)
+        loss.backward()
+        if graphed:
+            ws.join()
+
+    step(plain, False)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step(compiled, True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(compiled, True)
+    for w in ws.weights.values():
+        w.grad.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    # fp32 weight gradients against autograd's bf16-rounded ones
+    _assert_same_grads(plain, streamed, atol=1e-3, rtol=2e-2)
