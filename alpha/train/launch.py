@@ -93,6 +93,11 @@ def _load_symbio_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     prepare_config(model_cfg, train_cfg)
 
 
+# Model fields that change no parameter, so a resumed run may set them anew (more dropout for a run
+# that overfits; the residual stream's precision).
+RESUMABLE_MODEL_FIELDS = ("dropout", "fp32_residual")
+
+
 def _find_resume_checkpoint(resume: str, run_dir: str | None) -> Path:
     if resume == "latest":
         if run_dir:
@@ -121,10 +126,13 @@ def _plan_resume(
     mismatched = [
         f"{field}={value!r} (checkpoint has {getattr(model_cfg, field)!r})"
         for field, value in model_given.items()
-        if getattr(model_cfg, field) != value
+        if getattr(model_cfg, field) != value and field not in RESUMABLE_MODEL_FIELDS
     ]
     if mismatched:
         raise ConfigError(f"cannot resume {path}: model flags differ: {', '.join(mismatched)}")
+    for field, value in model_given.items():
+        if field in RESUMABLE_MODEL_FIELDS:
+            setattr(model_cfg, field, value)
     for field, value in train_given.items():
         setattr(train_cfg, field, value)
     validate(model_cfg, train_cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,15 @@ def test_resume_with_a_different_model_shape(chat_file: Path, tmp_path: Path) ->
         "train", "--resume", "latest", "--run-dir", str(run_dir), "--iters", "4", "--dim", "64"
     )
     assert_one_line_error(result, "model flags differ")
+    # dropout and the residual stream's precision change no parameter: they may be set anew
+    resumed = tmp_path / "resumed"
+    ok = run_alpha(
+        "train", "--resume", str(run_dir), "--iters", "3", "--dropout", "0.3", "--fp32-residual",
+        "--run-dir", str(resumed), "--sample-interval", "0",
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    model = json.loads((resumed / "config.json").read_text())["modelConfig"]
+    assert model["dropout"] == 0.3 and model["fp32Residual"] is True
 
 
 def test_all_documents_in_validation(tmp_path: Path) -> None:

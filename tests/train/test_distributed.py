@@ -66,6 +66,15 @@ def test_two_processes_match_one_process_at_the_same_global_batch(chat_file: Pat
     logs = list(tmp_path.glob("train_two.log"))
     assert len(logs) == 1
 
+    # weight gradients through alpha.model.linear's WeightGradStream, into the all-reduced buffer
+    streamed = torchrun(
+        2, *tiny_train_args(chat_file, tmp_path / "wgrad", *COMMON, "--batch", "4", "--wgrad-stream")
+    )
+    assert streamed.returncode == 0, streamed.stderr[-3000:]
+    for a, b in zip(one, metrics(tmp_path / "wgrad"), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=2e-5)
+        assert b["gradNorm"] == pytest.approx(a["gradNorm"], rel=1e-4)
+
     # resume the 2-process checkpoint in one process with the same global batch
     resumed = run_alpha(
         "train",
