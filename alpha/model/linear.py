@@ -39,7 +39,7 @@ class Linear(nn.Linear):
         self.grad_slot: int | None = None  # set by WeightGradStream.attach
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_slot is None or not torch.is_grad_enabled():
+        if self.grad_slot is None or not (torch.is_grad_enabled() and self.weight.requires_grad):
             return F.linear(x, self.weight)
         return _LinearFunction.apply(x, self.weight, self.grad_slot)
 

@@ -83,13 +83,18 @@ def test_a_model_keeps_its_own_slots_when_another_is_attached_later() -> None:
     assert all(w.grad is None for w in later.weights.values())
 
 
-def test_without_grad_the_layer_is_a_plain_linear() -> None:
+def test_without_grad_or_for_a_frozen_weight_the_layer_is_a_plain_linear() -> None:
     _, streamed, ws = _pair()
-    x, _ = _tokens()
+    x, y = _tokens()
     with torch.no_grad():
         logits = streamed(x)
     assert logits.shape == (3, 16, 50)
     assert all(w.grad is None for w in ws.weights.values())
+    streamed.lm_head.weight.requires_grad_(False)
+    streamed(x, y).backward()
+    ws.join()
+    assert streamed.lm_head.weight.grad is None
+    assert streamed.layers[0].mlp.fc1.weight.grad is not None
 
 
 def test_compiled_model_gives_the_same_gradients() -> None:
