@@ -99,10 +99,11 @@ _SLOTS: list[weakref.ref[WeightGradStream]] = []
 def _weight_grad_into(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, overwrite: bool) -> None:
     """grad (fp32) = or += dyᵀ x, with dy (N, out) and x (N, in) in the compute dtype."""
     if dy.is_cuda:
+        widen = {"out_dtype": torch.float32} if dy.dtype != torch.float32 else {}
         if overwrite:
-            torch.mm(dy.t(), x, out_dtype=torch.float32, out=grad)
+            torch.mm(dy.t(), x, out=grad, **widen)
         else:
-            grad.add_(torch.mm(dy.t(), x, out_dtype=torch.float32))
+            grad.add_(torch.mm(dy.t(), x, **widen))
     else:
         product = dy.t().float() @ x.float()
         grad.copy_(product) if overwrite else grad.add_(product)
