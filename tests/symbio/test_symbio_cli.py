@@ -119,6 +119,30 @@ def test_resumed_search_equals_the_uninterrupted_one(symbio_run, tmp_path: Path)
     assert all(m["loss"] == pytest.approx(losses[m["step"]], abs=1e-6) for m in again)
 
 
+def test_search_with_weight_gradients_on_the_side_stream_path_selects_the_same(
+    symbio_run, tmp_path: Path
+) -> None:
+    """alpha.model.linear's weight gradients (the default on CUDA) through snapshots, restores and
+    activation swaps: the resumed search picks the same candidates with the same losses."""
+    run_dir, _ = symbio_run
+    resumed = tmp_path / "wgrad"
+    resumed.mkdir()
+    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
+    ckpt = str(resumed / "checkpoint-12.safetensors")
+    result = run_alpha("train", "--resume", ckpt, "--wgrad-stream", env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((resumed / "config.json").read_text())["trainConfig"]["wgradStream"] is True
+    original = read_jsonl(run_dir / "symbio-candidates.jsonl")
+    again = read_jsonl(resumed / "symbio-candidates.jsonl")
+    assert [r["id"] for r in again] == [r["id"] for r in original]
+    for a, b in zip(original, again, strict=True):
+        assert b["valLoss"] == pytest.approx(a["valLoss"], abs=1e-5)
+    losses = {m["step"]: m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl")}
+    assert all(
+        m["loss"] == pytest.approx(losses[m["step"]], abs=1e-5) for m in read_jsonl(resumed / "metrics.jsonl")
+    )
+
+
 def test_sample_works_on_a_symbio_checkpoint(symbio_run) -> None:
     run_dir, _ = symbio_run
     result = run_alpha("sample", "--checkpoint", str(run_dir / "checkpoint-24.safetensors"), "--prompt", "hi",
