@@ -149,7 +149,7 @@ def test_server_dying_mid_run_and_coming_back_loses_no_metric(
     chat_file: Path, dashboard: Dashboard, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "runs" / "outage_run"
-    iters = 40
+    iters = 160
     args = tiny_train_args(
         chat_file,
         run_dir,
@@ -158,37 +158,40 @@ def test_server_dying_mid_run_and_coming_back_loses_no_metric(
         "--eval-iters",
         "2",
         "--eval-interval",
-        "20",
+        "80",
         "--sample-interval",
         "0",
         "--log-every",
         "1",
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), **dashboard.env(ALPHA_REMOTE_DRAIN_SECONDS="30")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "alpha", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: dashboard.state()["metrics"].get("outage_run"), timeout=120)
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
-        assert not any(value in cmdline for value in dashboard.credentials)  # nothing secret in argv
-        dashboard.kill()
-        metrics = run_dir / "metrics.jsonl"
-        at_kill = len(metrics.read_text().splitlines())
-        # the run goes on while the server is away ...
-        wait_for(
-            lambda: (
-                len(metrics.read_text().splitlines()) >= min(iters, at_kill + 10) or proc.poll() is not None
-            )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        # a batch every 0.1 s, so the outage is met by a send while the run is still going
+        **dashboard.env(ALPHA_REMOTE_DRAIN_SECONDS="30", ALPHA_REMOTE_MIN_FLUSH_SECONDS="0.1"),
+    }
+    err_file = tmp_path / "stderr.txt"
+    with err_file.open("w") as err_out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "alpha", *args],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_out,
+            text=True,
         )
-        dashboard.start()  # ... and the server comes back on the same port, with its stored state
-        out, err = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
+        try:
+            wait_for(lambda: dashboard.state()["metrics"].get("outage_run"), timeout=120)
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace")
+            assert not any(value in cmdline for value in dashboard.credentials)  # nothing secret in argv
+            dashboard.kill()
+            at_kill = len((run_dir / "metrics.jsonl").read_text().splitlines())
+            # the run goes on while the server is away, and a send fails ...
+            wait_for(lambda: "send failed" in err_file.read_text(), timeout=60)
+            dashboard.start()  # ... then the server comes back on the same port, with its stored state
+            proc.wait(timeout=120)
+        finally:
+            proc.kill()
+    err = err_file.read_text()
     assert proc.returncode == 0, err
     assert at_kill < iters  # it really went away mid-run
     state = dashboard.state()
