@@ -21,7 +21,7 @@ from alpha.config import domain_for, resolve
 from alpha.data.tokens import TokenData
 from alpha.events import EventBus
 from alpha.model.gpt import GPT
-from alpha.model.linear import COMPILE_OPTIONS
+from alpha.model.linear import compile_options
 from alpha.train.trainer import RunContext, Trainer
 
 
@@ -56,7 +56,7 @@ def main() -> None:
         domain_for("text"),
     )
     if args.compile_mode != "default":
-        options = dict(COMPILE_OPTIONS) if trainer.wgrad_stream is not None else None
+        options = compile_options(trainer.model)
         trainer.forward_model = torch.compile(trainer.model, mode=args.compile_mode, options=options)
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,3 +70,41 @@ class Recorder:
 
     def alerts(self, kind: str) -> list[Alert]:
         return [e for e in self.events if isinstance(e, Alert) and e.kind == kind]
+
+
+def tiny_trainer(tmp_path: Path, bus: Any = None, **train: Any) -> Any:
+    """A CPU Trainer of a 2-layer, 32-wide model on random tokens (vocab 50, block 16, batch 4);
+    ``train`` overrides TrainConfig fields."""
+    import numpy as np
+    import torch
+
+    from alpha.config import domain_for, resolve
+    from alpha.data.tokens import TokenData
+    from alpha.events import EventBus
+    from alpha.model.gpt import GPT
+    from alpha.train.trainer import RunContext, Trainer
+
+    model_cfg, cfg = resolve(
+        {"n_embd": 32, "n_head": 2, "n_layer": 2, "block_size": 16, "dropout": 0.0},
+        {
+            "data": "x",
+            "iters": 20,
+            "batch_size": 4,
+            "eval_interval": 1000,
+            "sample_interval": 0,
+            "checkpoint_interval": 1000,
+            "log_every": 1,
+            "compile": False,
+        }
+        | train,
+    )
+    model_cfg.vocab_size = 50
+    tokens = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
+    torch.manual_seed(0)
+    ctx = RunContext("tiny", tmp_path, torch.device("cpu"), None)
+
+    class _Tokenizer:  # the trainer only reads the end-of-text id (samples are off)
+        eot_id = 0
+
+    data = TokenData(tokens, tokens[:500], {})
+    return Trainer(GPT(model_cfg), cfg, _Tokenizer(), data, bus or EventBus(), ctx, domain_for("text"))

@@ -156,7 +156,6 @@ def run(args: argparse.Namespace) -> int:
     from alpha.config import domain_for
 
     ctx = RunContext("bench", _tmp_dir(), device, precision)
-    donated_buffer = torch._functorch.config.donated_buffer  # the trainer's linear layers turn it off
     trainer = Trainer(model, train_cfg, _Tokenizer(), data, EventBus(), ctx, domain_for("text"))  # type: ignore[arg-type]
     results["config"]["wgrad_stream"] = trainer.wgrad_stream is not None
 
@@ -167,7 +166,6 @@ def run(args: argparse.Namespace) -> int:
     results["alpha"] = _report(_median(measure, ours, args.repeat), tokens_per_step, flops, peak, device)
     if args.baseline:
         del trainer
-        torch._functorch.config.donated_buffer = donated_buffer  # the plain loop compiles as PyTorch does
         torch.manual_seed(0)
         results["baseline"] = _report(
             _median(

@@ -25,7 +25,7 @@ from torch import nn
 
 from alpha.config import ModelConfig
 from alpha.model.activations import MLP
-from alpha.model.linear import Linear
+from alpha.model.linear import Linear, autocast_dtype
 from alpha.model.losses import cross_entropy
 
 
@@ -151,7 +151,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {past + T} tokens exceeds block size {self.config.block_size}")
         pos = torch.arange(past, past + T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
-        if not self.config.fp32_residual and _autocast_dtype(x.device) == torch.bfloat16:
+        if not self.config.fp32_residual and autocast_dtype(x.device) == torch.bfloat16:
             x = x.to(torch.bfloat16)
         for i, block in enumerate(self.layers):
             x = block(x, cache.layers[i] if cache is not None else None)
@@ -159,13 +159,6 @@ class GPT(nn.Module):
         if targets is None:
             return logits
         return cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
-
-
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast computes in on this device, or None when autocast is off."""
-    if not torch.is_autocast_enabled(device.type):
-        return None
-    return torch.get_autocast_dtype(device.type)
 
 
 def flops_per_token(cfg: ModelConfig, n_params: int) -> float:

@@ -14,9 +14,10 @@ overwrites ``weight.grad`` instead of adding to it (no zeroing pass).
 
 Inside ``torch.compile`` the backward is one opaque op (``alpha::linear_backward``). Tensors read on
 the side stream are protected with ``record_stream`` from the caching allocator, but Inductor
-assigns memory itself too, so a model compiled with slots attached must be compiled with
-``COMPILE_OPTIONS`` and without donated buffers (``WeightGradStream.attach`` turns those off). On
-CPU (used by the tests) the weight gradient is computed in place of the side stream.
+assigns memory itself too, so a model with slots attached is compiled with ``compile_options``:
+no buffer reuse and no in-place reuse (which also leaves donated buffers unused: Inductor reuses
+them only through those two). On CPU (used by the tests) the weight gradient is computed in place
+of the side stream.
 """
 
 from __future__ import annotations
@@ -27,8 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Inductor must not hand a buffer that the side stream may still be reading to a later kernel.
-COMPILE_OPTIONS = {"allow_buffer_reuse": False, "inplace_buffers": False}
+
+def compile_options(model: nn.Module) -> dict[str, bool] | None:
+    """``torch.compile`` options for ``model``: with slots attached, Inductor must not hand a buffer
+    that the side stream may still be reading to a later kernel."""
+    if any(isinstance(m, Linear) and m.grad_slot is not None for m in model.modules()):
+        return {"allow_buffer_reuse": False, "inplace_buffers": False}
+    return None
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype autocast computes in on this device, or None when autocast is off."""
+    if not torch.is_autocast_enabled(device.type):
+        return None
+    return torch.get_autocast_dtype(device.type)
 
 
 class Linear(nn.Linear):
@@ -53,15 +66,13 @@ class WeightGradStream:
         self.weights: dict[int, nn.Parameter] = {}  # by slot
         self._fresh: set[int] = set()  # slots whose next gradient overwrites weight.grad
 
-    def attach(self, model: nn.Module) -> list[nn.Parameter]:
-        """Give every ``Linear`` of ``model`` a slot of this stream; returns their weights."""
-        torch._functorch.config.donated_buffer = False  # see the module docstring
+    def attach(self, model: nn.Module) -> None:
+        """Give every ``Linear`` of ``model`` a slot of this stream."""
         for module in model.modules():
             if isinstance(module, Linear):
                 module.grad_slot = len(_SLOTS)
                 _SLOTS.append(weakref.ref(self))
                 self.weights[module.grad_slot] = module.weight
-        return list(self.weights.values())
 
     def begin_step(self) -> None:
         """The next gradient of each weight overwrites ``weight.grad`` (a step's first micro-batch)."""
@@ -104,9 +115,10 @@ def _weight_grad_into(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, ove
             torch.mm(dy.t(), x, out=grad, **widen)
         else:
             grad.add_(torch.mm(dy.t(), x, **widen))
+    elif overwrite:
+        torch.mm(dy.t().float(), x.float(), out=grad)
     else:
-        product = dy.t().float() @ x.float()
-        grad.copy_(product) if overwrite else grad.add_(product)
+        grad.add_(dy.t().float() @ x.float())
 
 
 @torch.library.custom_op("alpha::linear_backward", mutates_args=())
@@ -130,8 +142,7 @@ def _(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, slot: int) -> tor
 class _LinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, slot: int) -> torch.Tensor:  # type: ignore[override]
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+        dtype = autocast_dtype(x.device) or x.dtype
         x, weight = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.slot = slot

@@ -37,7 +37,7 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
-from alpha.model.linear import COMPILE_OPTIONS, WeightGradStream
+from alpha.model.linear import WeightGradStream, compile_options
 from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
     FORMAT,
@@ -158,14 +158,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.wgrad_stream: WeightGradStream | None = None
-        compile_options: dict[str, Any] = {}
         if _use_wgrad_stream(cfg, ctx):
             self.wgrad_stream = WeightGradStream(self.device)
             self.wgrad_stream.attach(self.model)
-            compile_options = dict(COMPILE_OPTIONS)
         self._bind_flat_gradients()
         self.forward_model: nn.Module = (
-            torch.compile(self.model, options=compile_options) if cfg.compile else self.model
+            torch.compile(self.model, options=compile_options(self.model)) if cfg.compile else self.model
         )
         self.staging = PinnedStaging(self.device)
         self.graphed: GraphedStep | None = None

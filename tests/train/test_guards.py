@@ -4,50 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from alpha.config import domain_for, resolve
-from alpha.data.tokens import TokenData
 from alpha.events import Alert, EventBus, Step
-from alpha.model.gpt import GPT
-from alpha.train.trainer import RunContext, Trainer
-from tests.conftest import Recorder
-
-
-class _Tok:
-    eot_id = 0
+from alpha.train.trainer import Trainer
+from tests.conftest import Recorder, tiny_trainer
 
 
 def make_trainer(tmp_path: Path) -> tuple[Trainer, Recorder]:
-    model_cfg, cfg = resolve(
-        {"n_embd": 32, "n_head": 2, "n_layer": 2, "block_size": 16, "dropout": 0.0},
-        {
-            "data": "x",
-            "iters": 20,
-            "batch_size": 4,
-            "eval_interval": 1000,
-            "sample_interval": 0,
-            "checkpoint_interval": 1000,
-            "log_every": 1,
-            "compile": False,
-        },
-    )
-    model_cfg.vocab_size = 50
-    tokens = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
     recorder = Recorder()
-    torch.manual_seed(0)
-    ctx = RunContext("guards", tmp_path, torch.device("cpu"), None)
-    trainer = Trainer(
-        GPT(model_cfg),
-        cfg,
-        _Tok(),
-        TokenData(tokens, tokens[:500], {}),
-        EventBus([recorder]),
-        ctx,
-        domain_for("text"),
-    )
-    return trainer, recorder
+    return tiny_trainer(tmp_path, EventBus([recorder])), recorder
 
 
 def test_a_nan_gradient_skips_the_update_and_leaves_weights_and_moments_untouched(tmp_path: Path) -> None:

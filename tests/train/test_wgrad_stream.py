@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from alpha.config import ModelConfig, domain_for, resolve
-from alpha.data.tokens import TokenData
-from alpha.events import EventBus
+from alpha.config import ModelConfig
 from alpha.model.gpt import GPT
-from alpha.model.linear import COMPILE_OPTIONS, Linear, WeightGradStream
-from alpha.train.trainer import RunContext, Trainer
+from alpha.model.linear import Linear, WeightGradStream, compile_options
+from tests.conftest import tiny_trainer
 
 TINY = ModelConfig(n_embd=32, n_head=2, n_layer=2, block_size=16, vocab_size=50, dropout=0.0)
 
@@ -39,17 +37,22 @@ def _assert_same_grads(a: GPT, b: GPT, atol: float, rtol: float = 1e-4) -> None:
         torch.testing.assert_close(pb.grad, pa.grad, atol=atol, rtol=rtol, msg=name)
 
 
+def _backward_both(plain: GPT, streamed: GPT, ws: WeightGradStream, run: Callable | None = None) -> None:
+    """One backward pass of each model (``run``: how to call the streamed one) on the same tokens."""
+    x, y = _tokens()
+    plain(x, y).backward()
+    ws.begin_step()
+    (streamed if run is None else run)(x, y).backward()
+    ws.join()
+
+
 def test_every_linear_gets_a_slot_and_its_weight_gradient_equals_autograds() -> None:
     plain, streamed, ws = _pair()
     linears = [m for m in streamed.modules() if isinstance(m, Linear)]
     assert len(linears) == 2 * 4 + 1
     assert sorted(ws.weights) == sorted(m.grad_slot for m in linears)
     assert all(ws.weights[m.grad_slot] is m.weight for m in linears)
-    x, y = _tokens()
-    plain(x, y).backward()
-    ws.begin_step()
-    streamed(x, y).backward()
-    ws.join()
+    _backward_both(plain, streamed, ws)
     _assert_same_grads(plain, streamed, atol=1e-6)
 
 
@@ -74,11 +77,7 @@ def test_a_model_keeps_its_own_slots_when_another_is_attached_later() -> None:
     plain, streamed, ws = _pair()
     _, _, later = _pair()  # another stream, attached after
     assert not set(later.weights) & set(ws.weights)
-    x, y = _tokens()
-    plain(x, y).backward()
-    ws.begin_step()
-    streamed(x, y).backward()
-    ws.join()
+    _backward_both(plain, streamed, ws)
     _assert_same_grads(plain, streamed, atol=1e-6)
     assert all(w.grad is None for w in later.weights.values())
 
@@ -99,46 +98,14 @@ def test_without_grad_or_for_a_frozen_weight_the_layer_is_a_plain_linear() -> No
 
 def test_compiled_model_gives_the_same_gradients() -> None:
     plain, streamed, ws = _pair()
-    compiled = torch.compile(streamed, options=COMPILE_OPTIONS)
-    x, y = _tokens()
-    plain(x, y).backward()
-    ws.begin_step()
-    compiled(x, y).backward()
-    ws.join()
+    assert compile_options(plain) is None  # nothing attached: PyTorch's defaults
+    _backward_both(plain, streamed, ws, torch.compile(streamed, options=compile_options(streamed)))
     _assert_same_grads(plain, streamed, atol=1e-5)
 
 
-def _trainer(tmp_path: Path, wgrad_stream: bool) -> Trainer:
-    model_cfg, cfg = resolve(
-        {"n_embd": 32, "n_head": 2, "n_layer": 2, "block_size": 16, "dropout": 0.0},
-        {
-            "data": "x",
-            "iters": 6,
-            "batch_size": 2,
-            "grad_accum_steps": 2,
-            "eval_interval": 1000,
-            "sample_interval": 0,
-            "checkpoint_interval": 1000,
-            "log_every": 1,
-            "compile": False,
-            "wgrad_stream": wgrad_stream,
-        },
-    )
-    model_cfg.vocab_size = 50
-    tokens = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
-    torch.manual_seed(0)
-    ctx = RunContext(f"w{wgrad_stream}", tmp_path, torch.device("cpu"), None)
-    data = TokenData(tokens, tokens[:500], {})
-
-    class _Tok:
-        eot_id = 0
-
-    return Trainer(GPT(model_cfg), cfg, _Tok(), data, EventBus(), ctx, domain_for("text"))
-
-
 def test_trainer_steps_with_and_without_the_stream_train_the_same_weights(tmp_path: Path) -> None:
-    with_stream = _trainer(tmp_path / "a", True)
-    without = _trainer(tmp_path / "b", False)
+    with_stream = tiny_trainer(tmp_path / "a", batch_size=2, grad_accum_steps=2, wgrad_stream=True)
+    without = tiny_trainer(tmp_path / "b", batch_size=2, grad_accum_steps=2, wgrad_stream=False)
     assert with_stream.wgrad_stream is not None and without.wgrad_stream is None
     for i in range(4):  # two micro-batches a step: overwrite, then accumulate
         with_stream._train_step((0, i), i)
@@ -151,7 +118,7 @@ def test_trainer_steps_with_and_without_the_stream_train_the_same_weights(tmp_pa
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_side_stream_gradients_under_bf16_autocast_and_graph_capture() -> None:
     plain, streamed, ws = _pair("cuda")
-    compiled = torch.compile(streamed, options=COMPILE_OPTIONS)
+    compiled = torch.compile(streamed, options=compile_options(streamed))
     x, y = _tokens("cuda")
 
     def step(model: torch.nn.Module, graphed: bool) -> None:
