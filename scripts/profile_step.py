@@ -36,10 +36,11 @@ def main() -> None:
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--sdpa", default="default", choices=["default", "cudnn", "flash", "efficient"])
     p.add_argument("--compile-mode", default="default")
+    p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--list", action="store_true", help="also list every kernel of the last step in order")
     args = p.parse_args()
     model_cfg, cfg = resolve(
-        {"n_embd": 384, "n_head": 8, "n_layer": 8, "block_size": 512, "dropout": 0.0},
+        {"n_embd": 384, "n_head": 8, "n_layer": 8, "block_size": 512, "dropout": args.dropout},
         {"data": "x", "batch_size": args.batch, "iters": 10**9, "compile": True, "eval_iters": 1},
     )
     cfg.cuda_graphs = False
@@ -78,6 +79,7 @@ def main() -> None:
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.self_device_time_total for e in events)
     print(f"total kernel time per step: {total / args.steps / 1000:.2f} ms")
+
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
         share = 100 * e.self_device_time_total / total
         print(

@@ -72,9 +72,9 @@ class Recorder:
         return [e for e in self.events if isinstance(e, Alert) and e.kind == kind]
 
 
-def tiny_trainer(tmp_path: Path, bus: Any = None, **train: Any) -> Any:
-    """A CPU Trainer of a 2-layer, 32-wide model on random tokens (vocab 50, block 16, batch 4);
-    ``train`` overrides TrainConfig fields."""
+def tiny_trainer(tmp_path: Path, bus: Any = None, device: str = "cpu", **train: Any) -> Any:
+    """A Trainer of a 2-layer, 32-wide model on random tokens (vocab 50, block 16, batch 4), on the
+    CPU in fp32 or on CUDA under bf16 autocast; ``train`` overrides TrainConfig fields."""
     import numpy as np
     import torch
 
@@ -101,7 +101,8 @@ def tiny_trainer(tmp_path: Path, bus: Any = None, **train: Any) -> Any:
     model_cfg.vocab_size = 50
     tokens = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
     torch.manual_seed(0)
-    ctx = RunContext("tiny", tmp_path, torch.device("cpu"), None)
+    precision = torch.bfloat16 if device == "cuda" else None
+    ctx = RunContext("tiny", tmp_path, torch.device(device), precision)
 
     class _Tokenizer:  # the trainer only reads the end-of-text id (samples are off)
         eot_id = 0
