@@ -157,6 +157,7 @@ class TrainConfig:
     compile: bool | None = None  # None: on for CUDA
     cuda_graphs: bool | None = None  # None: on for CUDA when compiling
     wgrad_stream: bool | None = None  # None: on for CUDA under autocast (alpha.model.linear)
+    wgrad_sms: int | None = None  # SMs for the side stream's GEMMs; None: by micro-batch size, 0: all
     log_every: int = 10
     run_dir: str | None = None
     resume: str | None = None
@@ -289,6 +290,7 @@ def validate(model: ModelConfig, train: TrainConfig) -> None:
     _require(train.log_every >= 1, "--log-every must be >= 1")
     _require(train.on_unhealthy in ("warn", "stop"), "--on-unhealthy must be warn or stop")
     _require(train.gpus >= 1, "--gpus must be >= 1")
+    _require(train.wgrad_sms is None or train.wgrad_sms >= 0, "--wgrad-sms must be >= 0 (0: all SMs)")
     _require(train.data != "", "--data is required")
     if train.val_data is not None:
         _require(

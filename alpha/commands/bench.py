@@ -56,6 +56,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="alpha's weight gradients on a side CUDA stream (default: on for CUDA with autocast)",
     )
+    p.add_argument(
+        "--wgrad-sms",
+        type=int,
+        default=None,
+        help="SMs the side stream's weight-gradient GEMMs may use (default: by batch size; 0: all)",
+    )
     p.add_argument("--baseline", action="store_true", help="also time a plain PyTorch loop")
     p.add_argument("--baseline-mode", default="default", help="torch.compile mode of the baseline (CUDA)")
     p.add_argument("--repeat", type=int, default=1, help="repeat each measurement, report the median")
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             "dtype": args.dtype,
             "compile": args.compile,
             "wgrad_stream": args.wgrad_stream,
+            "wgrad_sms": args.wgrad_sms,
             "lr": 3e-4,
             "grad_clip": 1.0,
             "vocab_size": 4000,
@@ -158,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     ctx = RunContext("bench", _tmp_dir(), device, precision)
     trainer = Trainer(model, train_cfg, _Tokenizer(), data, EventBus(), ctx, domain_for("text"))  # type: ignore[arg-type]
     results["config"]["wgrad_stream"] = trainer.wgrad_stream is not None
+    results["config"]["wgrad_sms"] = trainer.wgrad_stream.sm_count if trainer.wgrad_stream else None
 
     def ours(i: int) -> None:
         trainer._train_step((0, i), i)

@@ -61,6 +61,7 @@ TRAIN_FLAGS = {
     "compile": "compile",
     "cuda_graphs": "cuda_graphs",
     "wgrad_stream": "wgrad_stream",
+    "wgrad_sms": "wgrad_sms",
     "log_every": "log_every",
     "run_dir": "run_dir",
     "resume": "resume",
@@ -149,6 +150,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _toggle(g, "--compile", "torch.compile the model (default: on for CUDA)")
     _toggle(g, "--cuda-graphs", "replay each step as one CUDA graph (default: on when compiling on CUDA)")
     _toggle(g, "--wgrad-stream", "weight gradients on a side CUDA stream (default: on for CUDA autocast)")
+    _flag(g, "--wgrad-sms", type=int, help="SMs for the side stream's GEMMs (default: by batch; 0: all)")
     _flag(g, "--gpus", type=int, help="GPUs on this host (starts torchrun when > 1)")
     g.add_argument(
         "--fp16", action="store_true", default=None, help="reference alias: mixed precision (bf16 autocast)"

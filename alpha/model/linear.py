@@ -18,11 +18,19 @@ assigns memory itself too, so a model with slots attached is compiled with ``com
 no buffer reuse and no in-place reuse (which also leaves donated buffers unused: Inductor reuses
 them only through those two). On CPU (used by the tests) the weight gradient is computed in place
 of the side stream.
+
+The side stream's GEMMs can be held to ``sm_count`` SMs (cuBLASLt's SM-count target). When the
+layers' own kernels are small (a short micro-batch fills less than a wave of the GPU), leaving
+them SMs to start on at once shortens the step more than it slows the weight gradients; when they
+are large it only slows the weight gradients (docs/PERFORMANCE.md has the figures).
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 import weakref
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -60,9 +68,19 @@ class Linear(nn.Linear):
 class WeightGradStream:
     """A side stream and the weights whose gradients are computed on it."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, sm_count: int | None = None) -> None:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.device = device
+        self.sm_count: int | None = None  # SMs the side stream's GEMMs may use; None: all of them
+        self._carveout: int | None = None  # SMs they leave to the current stream
+        if self.stream is not None and sm_count and hasattr(torch._C, "_set_sm_carveout_experimental"):
+            total = torch.cuda.get_device_properties(device).multi_processor_count
+            if sm_count < total:
+                self.sm_count, self._carveout = sm_count, total - sm_count
+                # PyTorch warns once that both switches are experimental (from the backward pass,
+                # so the warning surfaces in whatever calls backward): known and chosen here
+                for message in ("Setting the SM carveout", "torch.backends.cuda.preferred_blas_library"):
+                    warnings.filterwarnings("ignore", message=message)
         self.weights: dict[int, nn.Parameter] = {}  # by slot
         self._fresh: set[int] = set()  # slots whose next gradient overwrites weight.grad
 
@@ -97,7 +115,7 @@ class WeightGradStream:
             _weight_grad_into(grad, dy, x, overwrite)
             return
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.stream(self.stream), _sm_carveout(self._carveout):
             _weight_grad_into(grad, dy, x, overwrite)
         dy.record_stream(self.stream)
         x.record_stream(self.stream)
@@ -105,6 +123,24 @@ class WeightGradStream:
 
 # Every slot ever given, process-wide: a model's slots stay valid when another model is attached.
 _SLOTS: list[weakref.ref[WeightGradStream]] = []
+
+
+@contextlib.contextmanager
+def _sm_carveout(carveout: int | None) -> Iterator[None]:
+    """GEMMs launched inside leave ``carveout`` SMs free (cuBLASLt's SM-count target, which only
+    the cuBLASLt path of PyTorch's matmul reads); PyTorch's settings are restored on the way out."""
+    if carveout is None:
+        yield
+        return
+    backend = torch.backends.cuda.preferred_blas_library()
+    previous = torch._C._get_sm_carveout_experimental()
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    torch._C._set_sm_carveout_experimental(carveout)
+    try:
+        yield
+    finally:
+        torch._C._set_sm_carveout_experimental(previous)
+        torch.backends.cuda.preferred_blas_library(backend)
 
 
 def _weight_grad_into(grad: torch.Tensor, dy: torch.Tensor, x: torch.Tensor, overwrite: bool) -> None:

@@ -129,6 +129,20 @@ def eval_chunks(
     return [(xs[i : i + per_chunk], ys[i : i + per_chunk]) for i in range(0, len(xs), per_chunk)]
 
 
+# SMs for the side stream's weight-gradient GEMMs when a micro-batch is short. On an H200 at batch
+# 20 x 512 tokens, 42 SMs took 3.8% off the step; at 128 x 512 every limit slowed it
+# (docs/PERFORMANCE.md), so micro-batches above SHORT_MICRO_BATCH_TOKENS use every SM.
+SHORT_MICRO_BATCH_SMS = 42
+SHORT_MICRO_BATCH_TOKENS = 16384
+
+
+def wgrad_sm_count(cfg: TrainConfig, block_size: int) -> int | None:
+    """SMs the side stream's GEMMs may use (None: all): ``--wgrad-sms``, else by micro-batch size."""
+    if cfg.wgrad_sms is not None:
+        return cfg.wgrad_sms or None
+    return SHORT_MICRO_BATCH_SMS if cfg.batch_size * block_size <= SHORT_MICRO_BATCH_TOKENS else None
+
+
 def _use_wgrad_stream(cfg: TrainConfig, ctx: RunContext) -> bool:
     """Weight gradients on a side stream: on by default for CUDA under autocast (where they pay)."""
     if cfg.wgrad_stream is not None:
@@ -159,7 +173,8 @@ class Trainer:
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.wgrad_stream: WeightGradStream | None = None
         if _use_wgrad_stream(cfg, ctx):
-            self.wgrad_stream = WeightGradStream(self.device)
+            sms = wgrad_sm_count(cfg, self.model_cfg.block_size)
+            self.wgrad_stream = WeightGradStream(self.device, sm_count=sms)
             self.wgrad_stream.attach(self.model)
         self._bind_flat_gradients()
         self.forward_model: nn.Module = (

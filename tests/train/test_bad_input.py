@@ -65,6 +65,10 @@ def test_block_larger_than_the_val_split(files, tmp_path: Path) -> None:
     assert_one_line_error(result, "validation split")
 
 
+def test_negative_side_stream_sm_count(files) -> None:
+    assert_one_line_error(run_alpha(*train(files["tiny"], "--wgrad-sms", "-1")), "--wgrad-sms must be >= 0")
+
+
 def test_unknown_flag_value_and_unknown_flag(files) -> None:
     assert_one_line_error(run_alpha(*train(files["tiny"], "--activation", "tanh")), "invalid choice")
     assert_one_line_error(run_alpha(*train(files["tiny"], "--no-such-flag", "1")), "unrecognized")

@@ -12,16 +12,17 @@ import torch
 from alpha.config import ModelConfig
 from alpha.model.gpt import GPT
 from alpha.model.linear import Linear, WeightGradStream, compile_options
+from alpha.train.trainer import wgrad_sm_count
 from tests.conftest import tiny_trainer
 
 TINY = ModelConfig(n_embd=32, n_head=2, n_layer=2, block_size=16, vocab_size=50, dropout=0.0)
 
 
-def _pair(device: str = "cpu") -> tuple[GPT, GPT, WeightGradStream]:
+def _pair(device: str = "cpu", sm_count: int | None = None) -> tuple[GPT, GPT, WeightGradStream]:
     torch.manual_seed(0)
     plain = GPT(TINY).to(device)
     streamed = copy.deepcopy(plain)
-    ws = WeightGradStream(torch.device(device))
+    ws = WeightGradStream(torch.device(device), sm_count=sm_count)
     ws.attach(streamed)
     return plain, streamed, ws
 
@@ -103,6 +104,16 @@ def test_compiled_model_gives_the_same_gradients() -> None:
     _assert_same_grads(plain, streamed, atol=1e-5)
 
 
+def test_the_side_streams_sm_count_follows_the_micro_batch_unless_given(tmp_path: Path) -> None:
+    short = tiny_trainer(tmp_path, batch_size=20).cfg
+    assert wgrad_sm_count(short, block_size=512) == 42  # 10,240 tokens: the layers leave SMs idle
+    long = tiny_trainer(tmp_path, batch_size=128).cfg
+    assert wgrad_sm_count(long, block_size=512) is None  # 65,536 tokens: every SM
+    assert wgrad_sm_count(tiny_trainer(tmp_path, batch_size=128, wgrad_sms=60).cfg, 512) == 60
+    assert wgrad_sm_count(tiny_trainer(tmp_path, batch_size=20, wgrad_sms=0).cfg, 512) is None
+    assert WeightGradStream(torch.device("cpu"), sm_count=42).sm_count is None  # no stream, no limit
+
+
 def test_trainer_steps_with_and_without_the_stream_train_the_same_weights(tmp_path: Path) -> None:
     with_stream = tiny_trainer(tmp_path / "a", batch_size=2, grad_accum_steps=2, wgrad_stream=True)
     without = tiny_trainer(tmp_path / "b", batch_size=2, grad_accum_steps=2, wgrad_stream=False)
@@ -148,3 +159,21 @@ def test_side_stream_gradients_under_bf16_autocast_and_graph_capture() -> None:
     torch.cuda.synchronize()
     # fp32 weight gradients against autograd's bf16-rounded ones
     _assert_same_grads(plain, streamed, atol=1e-3, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_side_stream_gemms_held_to_fewer_sms_give_the_same_gradients_and_restore_settings() -> None:
+    backend = torch.backends.cuda.preferred_blas_library()
+    plain, streamed, ws = _pair("cuda", sm_count=16)
+    assert ws.sm_count == 16
+    x, y = _tokens("cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        plain(x, y).backward()
+        ws.begin_step()
+        streamed(x, y).backward()
+    ws.join()
+    torch.cuda.synchronize()
+    _assert_same_grads(plain, streamed, atol=1e-3, rtol=2e-2)
+    assert torch._C._get_sm_carveout_experimental() is None
+    assert torch.backends.cuda.preferred_blas_library() == backend
