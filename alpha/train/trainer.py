@@ -129,18 +129,21 @@ def eval_chunks(
     return [(xs[i : i + per_chunk], ys[i : i + per_chunk]) for i in range(0, len(xs), per_chunk)]
 
 
-# SMs for the side stream's weight-gradient GEMMs when a micro-batch is short. On an H200 at batch
-# 20 x 512 tokens, 42 SMs took 3.8% off the step; at 128 x 512 every limit slowed it
-# (docs/PERFORMANCE.md), so micro-batches above SHORT_MICRO_BATCH_TOKENS use every SM.
-SHORT_MICRO_BATCH_SMS = 42
-SHORT_MICRO_BATCH_TOKENS = 16384
+# The side stream's weight-gradient GEMMs are held to a share of the SMs when a micro-batch is short
+# for the GPU. Measured on an H200 (132 SMs, docs/PERFORMANCE.md): at batch 20 x 512 tokens, 42 SMs
+# took 3.9% off the step; from 40 x 512 up every limit slowed it. Both figures are kept relative to
+# the SM count, so a smaller GPU (an L4's 58 SMs) counts 10,240 tokens as long.
+SHORT_MICRO_BATCH_TOKENS_PER_SM = 16384 / 132
+SIDE_STREAM_SM_SHARE = 42 / 132
 
 
-def wgrad_sm_count(cfg: TrainConfig, block_size: int) -> int | None:
+def wgrad_sm_count(cfg: TrainConfig, block_size: int, sm_total: int) -> int | None:
     """SMs the side stream's GEMMs may use (None: all): ``--wgrad-sms``, else by micro-batch size."""
     if cfg.wgrad_sms is not None:
         return cfg.wgrad_sms or None
-    return SHORT_MICRO_BATCH_SMS if cfg.batch_size * block_size <= SHORT_MICRO_BATCH_TOKENS else None
+    if cfg.batch_size * block_size <= SHORT_MICRO_BATCH_TOKENS_PER_SM * sm_total:
+        return round(SIDE_STREAM_SM_SHARE * sm_total)
+    return None
 
 
 def _use_wgrad_stream(cfg: TrainConfig, ctx: RunContext) -> bool:
@@ -173,7 +176,10 @@ class Trainer:
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
         self.wgrad_stream: WeightGradStream | None = None
         if _use_wgrad_stream(cfg, ctx):
-            sms = wgrad_sm_count(cfg, self.model_cfg.block_size)
+            sms = None
+            if self.device.type == "cuda":
+                sm_total = torch.cuda.get_device_properties(self.device).multi_processor_count
+                sms = wgrad_sm_count(cfg, self.model_cfg.block_size, sm_total)
             self.wgrad_stream = WeightGradStream(self.device, sm_count=sms)
             self.wgrad_stream.attach(self.model)
         self._bind_flat_gradients()

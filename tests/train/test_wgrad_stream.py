@@ -105,12 +105,16 @@ def test_compiled_model_gives_the_same_gradients() -> None:
 
 
 def test_the_side_streams_sm_count_follows_the_micro_batch_unless_given(tmp_path: Path) -> None:
-    short = tiny_trainer(tmp_path, batch_size=20).cfg
-    assert wgrad_sm_count(short, block_size=512) == 42  # 10,240 tokens: the layers leave SMs idle
-    long = tiny_trainer(tmp_path, batch_size=128).cfg
-    assert wgrad_sm_count(long, block_size=512) is None  # 65,536 tokens: every SM
-    assert wgrad_sm_count(tiny_trainer(tmp_path, batch_size=128, wgrad_sms=60).cfg, 512) == 60
-    assert wgrad_sm_count(tiny_trainer(tmp_path, batch_size=20, wgrad_sms=0).cfg, 512) is None
+    def sms(sm_total: int = 132, **train: object) -> int | None:
+        return wgrad_sm_count(tiny_trainer(tmp_path, **train).cfg, block_size=512, sm_total=sm_total)
+
+    assert sms(batch_size=20) == 42  # 10,240 tokens leave an H200's SMs idle: 42 of 132
+    assert sms(batch_size=32) == 42  # 16,384 tokens: still short
+    assert sms(batch_size=40) is None  # 20,480 tokens: every SM
+    assert sms(batch_size=20, sm_total=58) is None  # an L4: 10,240 tokens fill its 58 SMs
+    assert sms(batch_size=8, sm_total=58) == 18
+    assert sms(batch_size=128, wgrad_sms=60) == 60  # given: as given
+    assert sms(batch_size=20, wgrad_sms=0) is None  # 0: every SM
     assert WeightGradStream(torch.device("cpu"), sm_count=42).sm_count is None  # no stream, no limit
 
 
