@@ -58,19 +58,26 @@ class Linear(nn.Linear):
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.grad_slot: int | None = None  # set by WeightGradStream.attach
+        # the weight in the compute dtype, refreshed each step by WeightGradStream.begin_step
+        self.register_buffer("weight_shadow", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_slot is None or not (torch.is_grad_enabled() and self.weight.requires_grad):
             return F.linear(x, self.weight)
-        return _LinearFunction.apply(x, self.weight, self.grad_slot)
+        return _LinearFunction.apply(x, self.weight, self.weight_shadow, self.grad_slot)
 
 
 class WeightGradStream:
     """A side stream and the weights whose gradients are computed on it."""
 
-    def __init__(self, device: torch.device, sm_count: int | None = None) -> None:
+    def __init__(
+        self, device: torch.device, sm_count: int | None = None, shadow_dtype: torch.dtype | None = None
+    ) -> None:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.device = device
+        # with a dtype: every linear weight keeps a copy in it, refreshed by begin_step in one
+        # multi-tensor kernel, which the forward uses instead of casting each weight on its own
+        self.shadow_dtype = shadow_dtype
         self.sm_count: int | None = None  # SMs the side stream's GEMMs may use; None: all of them
         self._carveout: int | None = None  # SMs they leave to the current stream
         if self.stream is not None and sm_count and hasattr(torch._C, "_set_sm_carveout_experimental"):
@@ -83,6 +90,7 @@ class WeightGradStream:
                     warnings.filterwarnings("ignore", message=message)
         self.weights: dict[int, nn.Parameter] = {}  # by slot
         self._fresh: set[int] = set()  # slots whose next gradient overwrites weight.grad
+        self._modules: list[nn.Module] = []
 
     def attach(self, model: nn.Module) -> None:
         """Give every ``Linear`` of ``model`` a slot of this stream."""
@@ -90,11 +98,22 @@ class WeightGradStream:
             if isinstance(module, Linear):
                 module.grad_slot = len(_SLOTS)
                 _SLOTS.append(weakref.ref(self))
+                self._modules.append(module)
                 self.weights[module.grad_slot] = module.weight
+                if self.shadow_dtype is not None and module.weight.dtype != self.shadow_dtype:
+                    module.weight_shadow = torch.empty_like(module.weight, dtype=self.shadow_dtype)
 
     def begin_step(self) -> None:
         """The next gradient of each weight overwrites ``weight.grad`` (a step's first micro-batch)."""
         self._fresh = set(self.weights)
+        self.refresh_shadows()
+
+    def refresh_shadows(self) -> None:
+        """Copy every linear weight into its shadow (the weights changed since the last step)."""
+        pairs = [(m.weight_shadow, m.weight) for m in self._modules if m.weight_shadow is not None]
+        if pairs:
+            with torch.no_grad():
+                torch._foreach_copy_([s for s, _ in pairs], [w for _, w in pairs])
 
     def join(self) -> None:
         """Make the current stream wait for every weight gradient launched so far."""
@@ -177,14 +196,17 @@ def _(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, slot: int) -> tor
 
 class _LinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, slot: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        ctx, x: torch.Tensor, weight: torch.Tensor, shadow: torch.Tensor | None, slot: int
+    ) -> torch.Tensor:  # type: ignore[override]
         dtype = autocast_dtype(x.device) or x.dtype
-        x, weight = x.to(dtype), weight.to(dtype)
+        x = x.to(dtype)
+        weight = shadow if shadow is not None and shadow.dtype == dtype else weight.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.slot = slot
         return x @ weight.t()
 
     @staticmethod
-    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        return torch.ops.alpha.linear_backward(dy.contiguous(), x, weight, ctx.slot), None, None
+        return torch.ops.alpha.linear_backward(dy.contiguous(), x, weight, ctx.slot), None, None, None

@@ -157,7 +157,7 @@ def build_wgrad_stream(cfg: TrainConfig, ctx: RunContext, block_size: int) -> We
     if on_cuda:
         sm_total = torch.cuda.get_device_properties(ctx.device).multi_processor_count
         sms = wgrad_sm_count(cfg, block_size, sm_total)
-    return WeightGradStream(ctx.device, sm_count=sms)
+    return WeightGradStream(ctx.device, sm_count=sms, shadow_dtype=ctx.autocast_dtype)
 
 
 class Trainer:

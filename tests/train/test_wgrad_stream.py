@@ -104,6 +104,32 @@ def test_compiled_model_gives_the_same_gradients() -> None:
     _assert_same_grads(plain, streamed, atol=1e-5)
 
 
+def test_weight_shadows_are_refreshed_each_step_and_train_like_casting() -> None:
+    torch.manual_seed(0)
+    plain = GPT(TINY)
+    streamed = copy.deepcopy(plain)
+    ws = WeightGradStream(torch.device("cpu"), shadow_dtype=torch.bfloat16)
+    ws.attach(streamed)
+    linears = [m for m in streamed.modules() if isinstance(m, Linear)]
+    assert all(m.weight_shadow is not None and m.weight_shadow.dtype == torch.bfloat16 for m in linears)
+    assert "weight_shadow" not in "".join(streamed.state_dict())  # not saved with the model
+    x, y = _tokens()
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            plain(x, y).backward()
+            ws.begin_step()
+            streamed(x, y).backward()
+        ws.join()
+        _assert_same_grads(plain, streamed, atol=1e-2, rtol=5e-2)
+        with torch.no_grad():  # a weight update: the next step's shadows must follow it
+            for a, b in zip(plain.parameters(), streamed.parameters(), strict=True):
+                a.add_(a.grad, alpha=-0.5)
+                b.copy_(a)
+                a.grad, b.grad = None, None
+    ws.begin_step()
+    torch.testing.assert_close(linears[0].weight_shadow, linears[0].weight.to(torch.bfloat16))
+
+
 def test_the_side_streams_sm_count_follows_the_micro_batch_unless_given(tmp_path: Path) -> None:
     def sms(sm_total: int = 132, **train: object) -> int | None:
         return wgrad_sm_count(tiny_trainer(tmp_path, **train).cfg, block_size=512, sm_total=sm_total)
