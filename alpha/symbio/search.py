@@ -30,6 +30,7 @@ resume.
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -56,6 +57,7 @@ from alpha.symbio.population import (
     rank_key,
     select_parents,
 )
+from alpha.symbio.program import STACK_SLOTS, encode, kernels_available, stack_depth
 from alpha.symbio.report import REPORT_FILE, SearchState, write_artifacts
 
 if TYPE_CHECKING:
@@ -65,6 +67,10 @@ STATE_VERSION = 1
 # A candidate's graph is compiled on CUDA only when its window is long enough to repay the
 # compile (about a second per distinct graph); short windows run the generated code eagerly.
 COMPILE_MIN_STEPS = 200
+# How candidates' activations run: "program" (one op reads the graph from a buffer: the compiled
+# model and the captured step serve every candidate), "code" (generated code behind a graph break,
+# a step capture per new graph), or "auto": program where its kernels exist (CUDA with Triton).
+ACTIVATION_MODE_ENV = "ALPHA_SYMBIO_ACTIVATIONS"
 
 
 # --------------------------------------------------------------------------- set-up (CLI edge)
@@ -502,20 +508,36 @@ class Search:
         on_cuda = self.trainer.device.type == "cuda"
         compile_act = None if on_cuda and self.steps_per_candidate >= COMPILE_MIN_STEPS else False
         self._compiled_acts = compile_act is None
+        capacity = self._program_capacity()
 
         def factory() -> GraphActivation:
-            act = GraphActivation(self._start_graph, swappable=True, compile=compile_act)
+            act = GraphActivation(
+                self._start_graph, swappable=True, compile=compile_act, program_capacity=capacity
+            )
             self._acts.append(act)
             return act
 
         self.trainer.set_activation(factory, dumps(self._start_graph))
 
+    def _program_capacity(self) -> int | None:
+        """Instructions for the candidates' programs, or None to run them as code."""
+        mode = os.environ.get(ACTIVATION_MODE_ENV, "auto")
+        if mode == "code" or (mode == "auto" and not kernels_available(self.trainer.device)):
+            return None
+        cfg = self.config
+        program = encode(self._start_graph)
+        if max(cfg.max_graph_depth, stack_depth(program)) > STACK_SLOTS:
+            return None  # deeper than the kernels' stack (a postfix program needs one slot a level)
+        return max(cfg.max_graph_nodes, len(program))
+
     def _set_graph(self, graph: Graph) -> None:
-        """Swap the graph in place: a compiled model is not retraced (the activation sits behind
-        a graph break), and a captured CUDA step graph is re-captured for a new graph's key."""
+        """Swap the graph in place: a compiled model is not retraced. With programs the captured
+        CUDA step graph reads the new program from its buffer; with code the step is re-captured
+        for a new graph's key (the activation sits behind a graph break)."""
         for act in self._acts:
             act.set_graph(graph)
-        if self.trainer.graphed is not None:
+        programs = bool(self._acts) and all(act.program is not None and act.swappable for act in self._acts)
+        if self.trainer.graphed is not None and not programs:
             # an eager activation compiles nothing: its step graph is captured without warm-up
             self.trainer.graphed.invalidate(dumps(graph), warmup=self._compiled_acts)
         mc = self.trainer.model_cfg

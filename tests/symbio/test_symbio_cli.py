@@ -143,6 +143,24 @@ def test_search_with_weight_gradients_on_the_side_stream_path_selects_the_same(
     )
 
 
+def test_candidates_run_as_programs_select_the_same(symbio_run, tmp_path: Path) -> None:
+    """alpha.symbio.program's op (the CUDA default, here its reference) in place of generated code:
+    the resumed search picks the same candidates with the same losses."""
+    run_dir, _ = symbio_run
+    resumed = tmp_path / "program"
+    resumed.mkdir()
+    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
+    env = {**ONE_THREAD, "ALPHA_SYMBIO_ACTIVATIONS": "program"}
+    result = run_alpha("train", "--resume", str(resumed / "checkpoint-12.safetensors"), env=env)
+    assert result.returncode == 0, result.stderr
+    original = read_jsonl(run_dir / "symbio-candidates.jsonl")
+    again = read_jsonl(resumed / "symbio-candidates.jsonl")
+    assert [r["id"] for r in again] == [r["id"] for r in original]
+    assert any("×" in r["activation"] for r in again)  # products and sums ran as programs too
+    for a, b in zip(original, again, strict=True):
+        assert b["valLoss"] == pytest.approx(a["valLoss"], abs=1e-5)
+
+
 def test_sample_works_on_a_symbio_checkpoint(symbio_run) -> None:
     run_dir, _ = symbio_run
     result = run_alpha("sample", "--checkpoint", str(run_dir / "checkpoint-24.safetensors"), "--prompt", "hi",
