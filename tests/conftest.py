@@ -48,6 +48,17 @@ def run_alpha(
     )
 
 
+def torchrun(
+    nproc: int, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m alpha ARGS`` as a real
+    subprocess (NCCL on CUDA unless ``env`` sets ALPHA_DIST_BACKEND)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "alpha", *args]  # fmt: skip
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
 def tiny_train_args(data: Path, run_dir: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(data), *TINY_DATA, *TINY_MODEL, "--run-dir", str(run_dir), *extra]
 

@@ -146,11 +146,18 @@ def wgrad_sm_count(cfg: TrainConfig, block_size: int, sm_total: int) -> int | No
     return None
 
 
-def _use_wgrad_stream(cfg: TrainConfig, ctx: RunContext) -> bool:
-    """Weight gradients on a side stream: on by default for CUDA under autocast (where they pay)."""
-    if cfg.wgrad_stream is not None:
-        return cfg.wgrad_stream
-    return ctx.device.type == "cuda" and ctx.autocast_dtype is not None
+def build_wgrad_stream(cfg: TrainConfig, ctx: RunContext, block_size: int) -> WeightGradStream | None:
+    """The side stream for weight gradients (``--wgrad-stream``; by default on for CUDA under
+    autocast, where it pays), its GEMMs held to ``wgrad_sm_count`` SMs on a GPU."""
+    on_cuda = ctx.device.type == "cuda"
+    wanted = cfg.wgrad_stream if cfg.wgrad_stream is not None else on_cuda and ctx.autocast_dtype is not None
+    if not wanted:
+        return None
+    sms = None
+    if on_cuda:
+        sm_total = torch.cuda.get_device_properties(ctx.device).multi_processor_count
+        sms = wgrad_sm_count(cfg, block_size, sm_total)
+    return WeightGradStream(ctx.device, sm_count=sms)
 
 
 class Trainer:
@@ -174,13 +181,8 @@ class Trainer:
         self.model = model.to(self.device)
         self.optimizer = build_optimizer(self.model, cfg)
         self.param_names = {id(p): n for n, p in self.model.named_parameters()}
-        self.wgrad_stream: WeightGradStream | None = None
-        if _use_wgrad_stream(cfg, ctx):
-            sms = None
-            if self.device.type == "cuda":
-                sm_total = torch.cuda.get_device_properties(self.device).multi_processor_count
-                sms = wgrad_sm_count(cfg, self.model_cfg.block_size, sm_total)
-            self.wgrad_stream = WeightGradStream(self.device, sm_count=sms)
+        self.wgrad_stream = build_wgrad_stream(cfg, ctx, self.model_cfg.block_size)
+        if self.wgrad_stream is not None:
             self.wgrad_stream.attach(self.model)
         self._bind_flat_gradients()
         self.forward_model: nn.Module = (

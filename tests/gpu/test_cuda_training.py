@@ -8,15 +8,12 @@ Skipped without CUDA (CI is CPU-only); run on a GPU machine with ``pytest -m gpu
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO, read_jsonl, run_alpha, tiny_train_args, tiny_trainer
+from tests.conftest import read_jsonl, run_alpha, tiny_train_args, tiny_trainer, torchrun
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -95,10 +92,7 @@ def test_two_gpus_match_one_gpu_at_the_same_global_batch(chat_file: Path, tmp_pa
               "--dropout", "0", "--log-every", "1")  # fmt: skip
     one = run_alpha(*tiny_train_args(chat_file, tmp_path / "one", *common, "--batch", "8"))
     assert one.returncode == 0, one.stderr[-3000:]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "alpha",
-           *tiny_train_args(chat_file, tmp_path / "two", *common, "--batch", "4")]  # fmt: skip
-    two = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    two = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *common, "--batch", "4"), timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert [m["step"] for m in b] == list(range(1, 13))

@@ -4,14 +4,11 @@ process with --batch N*B, write one set of outputs, and resume across a differen
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_alpha, tiny_train_args
+from tests.conftest import run_alpha, tiny_train_args, torchrun
 
 COMMON = (
     "--iters",
@@ -33,26 +30,14 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "ALPHA_DIST_BACKEND": "gloo"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "alpha",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+GLOO = {"OMP_NUM_THREADS": "1", "ALPHA_DIST_BACKEND": "gloo"}  # N CPU processes, one thread each
 
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_at_the_same_global_batch(chat_file: Path, tmp_path: Path) -> None:
     single = run_alpha(*tiny_train_args(chat_file, tmp_path / "one", *COMMON, "--batch", "8"))
     assert single.returncode == 0, single.stderr
-    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *COMMON, "--batch", "4"))
+    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *COMMON, "--batch", "4"), env=GLOO)
     assert double.returncode == 0, double.stderr[-3000:]
 
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
@@ -68,7 +53,9 @@ def test_two_processes_match_one_process_at_the_same_global_batch(chat_file: Pat
 
     # weight gradients through alpha.model.linear's WeightGradStream, into the all-reduced buffer
     streamed = torchrun(
-        2, *tiny_train_args(chat_file, tmp_path / "wgrad", *COMMON, "--batch", "4", "--wgrad-stream")
+        2,
+        *tiny_train_args(chat_file, tmp_path / "wgrad", *COMMON, "--batch", "4", "--wgrad-stream"),
+        env=GLOO,
     )
     assert streamed.returncode == 0, streamed.stderr[-3000:]
     for a, b in zip(one, metrics(tmp_path / "wgrad"), strict=True):
@@ -114,7 +101,7 @@ def test_two_processes_spread_a_generation_over_ranks(chat_file: Path, tmp_path:
             "--symbio", "--symbio-config", str(config))  # fmt: skip
     single = run_alpha(*tiny_train_args(chat_file, tmp_path / "one", *args), env={"OMP_NUM_THREADS": "1"})
     assert single.returncode == 0, single.stderr
-    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *args))
+    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *args), env=GLOO)
     assert double.returncode == 0, double.stderr[-3000:]
 
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
