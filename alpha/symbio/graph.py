@@ -330,7 +330,12 @@ class GraphActivation(nn.Module):
         super().__init__()
         self.swappable = swappable
         self.compile = compile
-        program = None if program_capacity is None else torch.zeros(1 + program_capacity, 2)
+        if program_capacity is None:
+            program = None
+        else:
+            from alpha.symbio.program import buffer_size
+
+            program = torch.zeros(buffer_size(program_capacity))
         self.register_buffer("program", program, persistent=False)
         self.set_graph(graph)
 
@@ -339,10 +344,10 @@ class GraphActivation(nn.Module):
         self.name = graph_name(graph)
         self._fn = eager_function(graph)
         if self.program is not None:
-            from alpha.symbio.program import program_tensor  # also registers the op
+            from alpha.symbio.program import capacity_of, program_tensor  # also registers the op
 
             with torch.no_grad():
-                self.program.copy_(program_tensor(graph, self.program.shape[0] - 1))
+                self.program.copy_(program_tensor(graph, capacity_of(self.program)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swappable and self.program is not None:

@@ -11,14 +11,20 @@ import torch
 from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale, evaluate, within_limits
 from alpha.symbio.mutate import mutate
 from alpha.symbio.program import (
+    FLAG_AT,
+    HEADER,
     OP_ADD,
     OP_MUL,
     OP_SCALE,
+    PAIRS,
     ProgramTooLarge,
+    buffer_size,
     encode,
     kernels_available,
     program_tensor,
+    quadratic_form,
     stack_depth,
+    without_quadratic_form,
 )
 
 SEED_FORMULA = Mul(Add(Basis("relu"), Scale(Basis("square"), 0.04)), Basis("gelu"))
@@ -48,7 +54,33 @@ def test_a_graph_becomes_a_postfix_program() -> None:
     ]
     assert stack_depth(encode(SEED_FORMULA)) == 2
     tensor = program_tensor(SEED_FORMULA, capacity=10)
-    assert tensor.shape == (11, 2) and tensor[0, 0] == 6 and tensor[7:].abs().sum() == 0
+    assert tensor.shape == (buffer_size(10),) and tensor[0] == 6
+    body = tensor[HEADER : HEADER + 12].view(6, 2).tolist()
+    assert body == [[op, pytest.approx(c)] for op, c in encode(SEED_FORMULA)]
+    assert tensor[HEADER + 12 :].abs().sum() == 0
+
+
+def test_sums_and_products_of_two_sums_have_a_quadratic_form() -> None:
+    relu, sq, gelu = (BASIS_OPS.index(op) for op in ("relu", "square", "gelu"))
+    linear, pairs = quadratic_form(SEED_FORMULA)  # (relu + 0.04·sq)·gelu = relu·gelu + 0.04·sq·gelu
+    assert linear == [0.0] * len(BASIS_OPS)
+    expected = {(min(relu, gelu), max(relu, gelu)): 1.0, (min(sq, gelu), max(sq, gelu)): 0.04}
+    assert {pair: q for pair, q in zip(PAIRS, pairs, strict=True) if q} == pytest.approx(expected)
+    assert program_tensor(SEED_FORMULA, capacity=10)[FLAG_AT] == 1.0
+    cubic = Mul(SEED_FORMULA, Basis("silu"))
+    assert quadratic_form(cubic) is None
+    assert program_tensor(cubic, capacity=10)[FLAG_AT] == 0.0  # runs the instructions
+
+
+@pytest.mark.parametrize("graph", [SEED_FORMULA, *random_graphs(24)], ids=str)
+def test_the_quadratic_form_and_the_program_give_the_same_function(graph: Graph) -> None:
+    x = torch.linspace(-4, 4, 801)
+    dy = torch.randn_like(x)
+    buffer = program_tensor(graph, capacity=10)
+    program_only = without_quadratic_form(buffer)
+    forward, backward = torch.ops.alpha.program_activation, torch.ops.alpha.program_activation_backward
+    torch.testing.assert_close(forward(x, buffer), forward(x, program_only), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(backward(dy, x, buffer), backward(dy, x, program_only), atol=1e-4, rtol=1e-4)
 
 
 def test_programs_that_do_not_fit_are_refused() -> None:
@@ -104,10 +136,12 @@ def test_the_kernels_equal_the_reference(dtype: torch.dtype) -> None:
 
     x = (torch.randn(3, 1000, 1537, device="cuda") * 3).to(dtype)  # not a multiple of the blocks
     dy = torch.randn_like(x)
-    for graph in [SEED_FORMULA, *random_graphs(24)]:
-        program = program_tensor(graph, capacity=10).cuda()
-        y = torch.ops.alpha.program_activation(x, program)
-        dx = torch.ops.alpha.program_activation_backward(dy, x, program)
-        tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
-        torch.testing.assert_close(y, reference_forward(x.cpu(), program.cpu()).cuda(), **tol)
-        torch.testing.assert_close(dx, reference_backward(dy.cpu(), x.cpu(), program.cpu()).cuda(), **tol)
+    graphs = [SEED_FORMULA, Mul(SEED_FORMULA, Basis("silu")), *random_graphs(24)]
+    for graph in graphs:
+        buffer = program_tensor(graph, capacity=10)
+        for program in (buffer.cuda(), without_quadratic_form(buffer).cuda()):  # the form, the program
+            y = torch.ops.alpha.program_activation(x, program)
+            dx = torch.ops.alpha.program_activation_backward(dy, x, program)
+            tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+            torch.testing.assert_close(y, reference_forward(x.cpu(), program.cpu()).cuda(), **tol)
+            torch.testing.assert_close(dx, reference_backward(dy.cpu(), x.cpu(), program.cpu()).cuda(), **tol)
