@@ -34,6 +34,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vocab", type=int, default=4000)
     p.add_argument("--activation", default="gelu")
     p.add_argument("--activation-graph", default=None, help="JSON activation graph (implies composed)")
+    p.add_argument(
+        "--activation-program",
+        action="store_true",
+        help="run the --activation-graph as a symbio search runs its candidates: a program in a buffer",
+    )
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument(
         "--fp32-residual",
@@ -164,6 +169,9 @@ def run(args: argparse.Namespace) -> int:
 
     ctx = RunContext("bench", _tmp_dir(), device, precision)
     trainer = Trainer(model, train_cfg, _Tokenizer(), data, EventBus(), ctx, domain_for("text"))  # type: ignore[arg-type]
+    if args.activation_program:
+        _use_program(trainer, model_cfg.activation_graph)
+    results["config"]["activation_program"] = bool(args.activation_program)
     results["config"]["wgrad_stream"] = trainer.wgrad_stream is not None
     results["config"]["wgrad_sms"] = trainer.wgrad_stream.sm_count if trainer.wgrad_stream else None
 
@@ -215,6 +223,23 @@ def _graph(text: str | None) -> dict | None:
         from alpha.errors import ConfigError
 
         raise ConfigError(f"--activation-graph: {exc}") from None
+
+
+def _use_program(trainer: Any, graph_json: dict | None) -> None:
+    """Every block's activation becomes the search's swappable program activation."""
+    from alpha.errors import ConfigError
+    from alpha.symbio.graph import GraphActivation, dumps, from_json
+    from alpha.symbio.program import STACK_SLOTS, encode, stack_depth
+
+    if graph_json is None:
+        raise ConfigError("--activation-program needs --activation-graph")
+    graph = from_json(graph_json)
+    program = encode(graph)
+    if stack_depth(program) > STACK_SLOTS:
+        raise ConfigError(f"--activation-program: the graph needs more than {STACK_SLOTS} stack slots")
+    trainer.set_activation(
+        lambda: GraphActivation(graph, swappable=True, program_capacity=len(program)), dumps(graph)
+    )
 
 
 def _plain_loop(

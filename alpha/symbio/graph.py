@@ -310,24 +310,48 @@ def compiled_function(graph: Graph) -> Callable[[torch.Tensor], torch.Tensor]:
 class GraphActivation(nn.Module):
     """Elementwise activation defined by a graph. No parameters: swapping graphs is free.
 
-    ``swappable=True`` (during a search) keeps the activation outside a compiled model's graph
-    (one graph break per block), so changing the graph recompiles only this small function,
-    never the whole model. ``swappable=False`` lets a compiled model inline and fuse it.
-    ``compile`` (None: on CUDA only) compiles the activation itself.
+    ``swappable=True`` (during a search) lets the graph change without retracing a compiled model.
+    With ``program_capacity`` the graph is data: its program (``alpha.symbio.program``) sits in
+    a buffer that one op reads, so the model and a captured step graph serve every graph that
+    fits. Without it the activation stays outside the compiled graph (one graph break per block)
+    and changing the graph recompiles only this small function. ``swappable=False`` lets a
+    compiled model inline and fuse the graph. ``compile`` (None: on CUDA only) compiles the
+    activation itself when it sits behind the graph break.
     """
 
-    def __init__(self, graph: Graph, *, swappable: bool = False, compile: bool | None = None) -> None:
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        swappable: bool = False,
+        compile: bool | None = None,
+        program_capacity: int | None = None,
+    ) -> None:
         super().__init__()
         self.swappable = swappable
         self.compile = compile
+        if program_capacity is None:
+            program = None
+        else:
+            from alpha.symbio.program import buffer_size
+
+            program = torch.zeros(buffer_size(program_capacity))
+        self.register_buffer("program", program, persistent=False)
         self.set_graph(graph)
 
     def set_graph(self, graph: Graph) -> None:
         self.graph = graph
         self.name = graph_name(graph)
         self._fn = eager_function(graph)
+        if self.program is not None:
+            from alpha.symbio.program import capacity_of, program_tensor  # also registers the op
+
+            with torch.no_grad():
+                self.program.copy_(program_tensor(graph, capacity_of(self.program)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.swappable and self.program is not None:
+            return torch.ops.alpha.program_activation(x, self.program)
         if self.swappable:
             return self._isolated(x)
         return self._fn(x)

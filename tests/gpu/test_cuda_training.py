@@ -100,3 +100,24 @@ def test_two_gpus_match_one_gpu_at_the_same_global_batch(chat_file: Path, tmp_pa
         assert y["loss"] == pytest.approx(x["loss"], abs=2e-2)
         assert y["tokens"] == x["tokens"]
     assert b[-1]["valLoss"] == pytest.approx(a[-1]["valLoss"], abs=2e-2)
+
+
+def test_a_search_on_cuda_runs_its_candidates_as_programs(chat_file: Path, tmp_path: Path) -> None:
+    """The CUDA default: candidates' activations through alpha.symbio.program's kernels, the model
+    compiled and the step captured once for all of them; the search still selects on val loss."""
+    config = tmp_path / "search.json"
+    config.write_text(json.dumps({"searchMode": "composed-activation-search", "populationSize": 4,
+                                  "generations": 3, "stepsPerCandidate": 6, "mutationRate": 0.9,
+                                  "populationAdaptation": False}))  # fmt: skip
+    args = ("--backend", "cuda", "--iters", "72", "--eval-interval", "36", "--sample-interval", "0",
+            "--lr", "3e-3", "--symbio", "--symbio-config", str(config))  # fmt: skip
+    run_dir = tmp_path / "run"
+    result = run_alpha(*tiny_train_args(chat_file, run_dir, *args))
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_jsonl(run_dir / "symbio-candidates.jsonl")
+    assert len(records) >= 9 and all(r["valLoss"] is not None and r["valLoss"] < 10 for r in records)
+    assert any("×" in r["activation"] or "+" in r["activation"] for r in records)
+    summary = json.loads((run_dir / "symbio-search-summary.json").read_text())
+    for entry in summary["history"]:
+        population = [r for r in records if r["generation"] == entry["generation"]]
+        assert entry["winnerId"] == min(population, key=lambda r: r["valLoss"])["id"]

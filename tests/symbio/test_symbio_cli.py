@@ -93,7 +93,8 @@ def test_search_outputs_one_winner_everywhere(symbio_run) -> None:
     assert all(m.keys() >= SEARCH_FIELDS for m in metrics[:36])
     assert not any("symbio_candidate_id" in m for m in metrics[36:])  # the winner trains the rest
     assert all(m.keys() >= CUSUM_FIELDS for m in metrics)
-    assert [m["step"] for m in metrics if "effective_rank" in m] == list(range(4, 41, 4))
+    # effective_rank: a generation's last step during the search, then every metricsInterval (4)
+    assert [m["step"] for m in metrics if "effective_rank" in m] == [12, 24, 36, 40]
     assert [m["step"] for m in metrics if "valLoss" in m] == [12, 24, 36, 40]
     assert [m["valLoss"] for m in metrics if m["step"] in (12, 24, 36)] == [g["bestValLoss"] for g in gens]
     assert "diversityBonus" in result.stdout  # the one-time "no effect" warning
@@ -141,6 +142,24 @@ def test_search_with_weight_gradients_on_the_side_stream_path_selects_the_same(
     assert all(
         m["loss"] == pytest.approx(losses[m["step"]], abs=1e-5) for m in read_jsonl(resumed / "metrics.jsonl")
     )
+
+
+def test_candidates_run_as_programs_select_the_same(symbio_run, tmp_path: Path) -> None:
+    """alpha.symbio.program's op (the CUDA default, here its reference) in place of generated code:
+    the resumed search picks the same candidates with the same losses."""
+    run_dir, _ = symbio_run
+    resumed = tmp_path / "program"
+    resumed.mkdir()
+    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
+    env = {**ONE_THREAD, "ALPHA_SYMBIO_ACTIVATIONS": "program"}
+    result = run_alpha("train", "--resume", str(resumed / "checkpoint-12.safetensors"), env=env)
+    assert result.returncode == 0, result.stderr
+    original = read_jsonl(run_dir / "symbio-candidates.jsonl")
+    again = read_jsonl(resumed / "symbio-candidates.jsonl")
+    assert [r["id"] for r in again] == [r["id"] for r in original]
+    assert any("×" in r["activation"] for r in again)  # products and sums ran as programs too
+    for a, b in zip(original, again, strict=True):
+        assert b["valLoss"] == pytest.approx(a["valLoss"], abs=1e-5)
 
 
 def test_sample_works_on_a_symbio_checkpoint(symbio_run) -> None:

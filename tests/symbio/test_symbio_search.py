@@ -15,7 +15,7 @@ from alpha.config import domain_for
 from alpha.events import EventBus, SymbioGeneration
 from alpha.model.gpt import GPT
 from alpha.symbio.graph import Basis, GraphActivation, Scale, to_json
-from alpha.symbio.search import Fusion, attach_search
+from alpha.symbio.search import Fusion, attach_search, effective_rank
 from alpha.train.launch import plan_from_args, prepare_data, prepare_tokenizer
 from alpha.train.trainer import RunContext, Trainer
 from tests.conftest import Recorder, read_jsonl, tiny_train_args
@@ -158,3 +158,18 @@ def test_fusion_pulls_weights_toward_an_ema_shadow():
     torch.testing.assert_close(fusion.shadow[0], shadow)
     torch.testing.assert_close(p[0], torch.tensor([3.0, 0.0]) + 0.25 * (shadow - torch.tensor([3.0, 0.0])))
     torch.testing.assert_close(p[1], torch.tensor([[0.0]]))
+
+
+def test_effective_rank_equals_the_singular_value_definition() -> None:
+    """exp(entropy of σ/Σσ) from the Gram eigenvalues, against svdvals, wide and tall matrices."""
+    torch.manual_seed(0)
+    for shape in ((48, 12), (12, 48)):
+        weights = [torch.randn(*shape) @ torch.diag(torch.rand(shape[1]) ** 3) for _ in range(3)]
+        expected = []
+        for w in weights:
+            s = torch.linalg.svdvals(w.double())
+            q = s / s.sum()
+            expected.append(torch.exp(-(q * q.log()).sum()))
+        assert effective_rank(weights) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-6)
+    rank_two = [torch.randn(20, 2) @ torch.randn(2, 10)]  # two equal-ish directions: close to 2, not 10
+    assert 1.0 < effective_rank(rank_two) <= 2.0 + 1e-6

@@ -1,0 +1,271 @@
+"""Composed activations as data: one op evaluates every graph, so a search swaps a buffer, not code.
+
+During a search every candidate brings a new activation graph. Compiled as code, each one needs its
+own kernel and, on CUDA, its own capture of the whole step graph (about 0.3 s per 25-step
+candidate, docs/SYMBIO.md). Compiled as data, a graph is a short postfix program over the five
+basis functions, written into a fixed buffer that one op, ``alpha::program_activation``, reads:
+the model and the captured step stay the same from one candidate to the next.
+
+A graph's program sits in a flat float32 buffer (``program_tensor``): the instruction count, a
+flag, the graph's quadratic form, then (opcode, constant) pairs. Opcodes 0–4 push a basis
+function of x (silu, relu, tanh-GELU, identity, square, as ``alpha.symbio.graph`` defines them), 5
+scales the top of the stack by the constant, 6 and 7 replace the top two entries by their sum or
+product. The backward pass evaluates the same program on dual numbers (value, derivative in x), so
+dx = dy · f'(x) comes from the same instructions.
+
+Most graphs a search makes are sums of scaled basis functions and products of two such sums: a
+polynomial of degree at most two in the basis functions, f = Σ aᵢ·bᵢ + Σ_{i≤j} qᵢⱼ·bᵢ·bⱼ. For
+those the flag is set and the op evaluates the 20 coefficients of that form instead of running the
+program: a fixed sequence of multiply-adds, with no branch on the instructions (the interpreter's
+branches on opcode and stack slot are what make it slow on a GPU). Deeper products run the program.
+
+On CUDA the op is two Triton kernels (``alpha.symbio.program_kernels``); elsewhere it is the
+PyTorch reference below, which the kernels are tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale
+
+OP_SCALE, OP_ADD, OP_MUL = 5, 6, 7
+N_BASES = len(BASIS_OPS)
+PAIRS = [(i, j) for i in range(N_BASES) for j in range(i, N_BASES)]  # qᵢⱼ, i ≤ j, row by row
+# the buffer: [count, quadratic flag, a₀..a₄, q₀₀, q₀₁, .., q₄₄, op₀, c₀, op₁, c₁, ..]
+COUNT_AT, FLAG_AT, LINEAR_AT = 0, 1, 2
+PAIRS_AT = LINEAR_AT + N_BASES
+HEADER = PAIRS_AT + len(PAIRS)
+STACK_SLOTS = 8  # the kernels keep the stack in registers: programs deeper than this are refused
+GELU_C = 0.7978845608028654  # sqrt(2 / pi)
+GELU_A = 0.044715
+
+
+class ProgramTooLarge(ValueError):
+    """A graph whose program does not fit the buffer or the kernels' stack."""
+
+
+def encode(graph: Graph) -> list[tuple[int, float]]:
+    """The postfix program of ``graph``: (opcode, constant) instructions."""
+    if isinstance(graph, Basis):
+        return [(BASIS_OPS.index(graph.op), 0.0)]
+    if isinstance(graph, Scale):
+        return [*encode(graph.child), (OP_SCALE, float(graph.factor))]
+    op = OP_ADD if isinstance(graph, Add) else OP_MUL
+    assert isinstance(graph, (Add, Mul))
+    return [*encode(graph.left), *encode(graph.right), (op, 0.0)]
+
+
+def stack_depth(program: list[tuple[int, float]]) -> int:
+    depth = deepest = 0
+    for op, _ in program:
+        depth += 1 if op < OP_SCALE else (0 if op == OP_SCALE else -1)
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def buffer_size(capacity: int) -> int:
+    """Floats in the buffer of a program of at most ``capacity`` instructions."""
+    return HEADER + 2 * capacity
+
+
+def capacity_of(buffer: torch.Tensor) -> int:
+    return (buffer.numel() - HEADER) // 2
+
+
+def quadratic_form(graph: Graph) -> tuple[list[float], list[float]] | None:
+    """``graph`` as Σ aᵢ·bᵢ + Σ_{i≤j} qᵢⱼ·bᵢ·bⱼ over the basis functions: (a, q in ``PAIRS``
+    order), or None when a product of products makes it a polynomial of higher degree."""
+    terms = _expand(graph)
+    if terms is None:
+        return None
+    linear, pairs = [0.0] * N_BASES, [0.0] * len(PAIRS)
+    for monomial, coefficient in terms.items():
+        if len(monomial) == 1:
+            linear[monomial[0]] += coefficient
+        else:
+            pairs[PAIRS.index(monomial)] += coefficient
+    return linear, pairs
+
+
+def _expand(graph: Graph) -> dict[tuple[int, ...], float] | None:
+    """The polynomial in the basis functions: {sorted basis indices: coefficient}, degree ≤ 2."""
+    if isinstance(graph, Basis):
+        return {(BASIS_OPS.index(graph.op),): 1.0}
+    if isinstance(graph, Scale):
+        child = _expand(graph.child)
+        return None if child is None else {m: graph.factor * c for m, c in child.items()}
+    assert isinstance(graph, (Add, Mul))
+    left, right = _expand(graph.left), _expand(graph.right)
+    if left is None or right is None:
+        return None
+    out: dict[tuple[int, ...], float] = {}
+    if isinstance(graph, Add):
+        for m, c in [*left.items(), *right.items()]:
+            out[m] = out.get(m, 0.0) + c
+        return out
+    for ml, cl in left.items():
+        for mr, cr in right.items():
+            monomial = tuple(sorted(ml + mr))
+            if len(monomial) > 2:
+                return None
+            out[monomial] = out.get(monomial, 0.0) + cl * cr
+    return out
+
+
+def program_tensor(graph: Graph, capacity: int) -> torch.Tensor:
+    """``graph``'s buffer (``buffer_size(capacity)`` float32 values, on the CPU)."""
+    program = encode(graph)
+    if len(program) > capacity or stack_depth(program) > STACK_SLOTS:
+        raise ProgramTooLarge(
+            f"activation program of {len(program)} instructions and stack depth {stack_depth(program)} "
+            f"exceeds {capacity} instructions or {STACK_SLOTS} stack slots"
+        )
+    out = torch.zeros(buffer_size(capacity), dtype=torch.float32)
+    out[COUNT_AT] = len(program)
+    form = quadratic_form(graph)
+    if form is not None:
+        out[FLAG_AT] = 1.0
+        out[LINEAR_AT:PAIRS_AT] = torch.tensor(form[0])
+        out[PAIRS_AT:HEADER] = torch.tensor(form[1])
+    if program:
+        out[HEADER : HEADER + 2 * len(program)] = torch.tensor(program, dtype=torch.float32).flatten()
+    return out
+
+
+def without_quadratic_form(buffer: torch.Tensor) -> torch.Tensor:
+    """The same program with its flag cleared: the op runs the instructions (for tests)."""
+    out = buffer.clone()
+    out[FLAG_AT] = 0.0
+    return out
+
+
+def _instructions(program: torch.Tensor) -> list[tuple[int, float]]:
+    values = program.tolist()
+    count = int(values[COUNT_AT])
+    body = values[HEADER : HEADER + 2 * count]
+    return [(int(op), c) for op, c in zip(body[0::2], body[1::2], strict=True)]
+
+
+def _quadratic(program: torch.Tensor) -> tuple[list[float], list[float]] | None:
+    values = program.tolist()
+    if values[FLAG_AT] == 0.0:
+        return None
+    return values[LINEAR_AT:PAIRS_AT], values[PAIRS_AT:HEADER]
+
+
+def _basis_and_slope(op: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Basis function ``op`` at x and its derivative (tanh-GELU's, for gelu; 0 at 0, for relu)."""
+    if op == 0:
+        sig = torch.sigmoid(x)
+        return F.silu(x), sig * (1 + x * (1 - sig))
+    if op == 1:
+        return F.relu(x), (x > 0).to(x.dtype)
+    if op == 2:
+        t = torch.tanh(GELU_C * (x + GELU_A * x * x * x))
+        slope = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * GELU_C * (1 + 3 * GELU_A * x * x)
+        return F.gelu(x, approximate="tanh"), slope
+    if op == 3:
+        return x, torch.ones_like(x)
+    return x * x, 2 * x
+
+
+def reference_forward(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """f(x) by the program (or its quadratic form), computed in fp32 and returned in x's dtype."""
+    x32 = x.float()
+    form = _quadratic(program)
+    if form is not None:
+        bases = [_basis_and_slope(op, x32)[0] for op in range(N_BASES)]
+        linear, pairs = form
+        y = sum(a * b for a, b in zip(linear, bases, strict=True))
+        y = y + sum(q * bases[i] * bases[j] for q, (i, j) in zip(pairs, PAIRS, strict=True))
+        return y.to(x.dtype)
+    stack = []
+    for op, c in _instructions(program):
+        if op < OP_SCALE:
+            stack.append(_basis_and_slope(op, x32)[0])
+        elif op == OP_SCALE:
+            stack.append(c * stack.pop())
+        else:
+            b, a = stack.pop(), stack.pop()
+            stack.append(a + b if op == OP_ADD else a * b)
+    return stack[-1].to(x.dtype, copy=True)  # a new tensor even for the identity
+
+
+def reference_backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """dy · f'(x): the quadratic form's derivative, or the program run on (value, derivative) pairs."""
+    x32 = x.float()
+    form = _quadratic(program)
+    if form is not None:
+        bases, slopes = zip(*(_basis_and_slope(op, x32) for op in range(N_BASES)), strict=True)
+        linear, pairs = form
+        d = sum(a * g for a, g in zip(linear, slopes, strict=True))
+        for q, (i, j) in zip(pairs, PAIRS, strict=True):
+            d = d + q * (slopes[i] * bases[j] + bases[i] * slopes[j])
+        return (dy.float() * d).to(x.dtype)
+    stack = []
+    for op, c in _instructions(program):
+        if op < OP_SCALE:
+            stack.append(_basis_and_slope(op, x32))
+        elif op == OP_SCALE:
+            v, d = stack.pop()
+            stack.append((c * v, c * d))
+        else:
+            (vb, db), (va, da) = stack.pop(), stack.pop()
+            stack.append((va + vb, da + db) if op == OP_ADD else (va * vb, va * db + da * vb))
+    return (dy.float() * stack[-1][1]).to(x.dtype)
+
+
+@torch.library.custom_op("alpha::program_activation", mutates_args=())
+def program_activation(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """The activation that ``program`` encodes, elementwise on x."""
+    if x.is_cuda:
+        from alpha.symbio import program_kernels
+
+        return program_kernels.forward(x, program)
+    return reference_forward(x, program)
+
+
+@program_activation.register_fake
+def _(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("alpha::program_activation_backward", mutates_args=())
+def program_activation_backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    if x.is_cuda:
+        from alpha.symbio import program_kernels
+
+        return program_kernels.backward(dy, x, program)
+    return reference_backward(dy, x, program)
+
+
+@program_activation_backward.register_fake
+def _(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None]:
+    x, program = ctx.saved_tensors
+    return torch.ops.alpha.program_activation_backward(dy.contiguous(), x, program), None
+
+
+program_activation.register_autograd(_backward, setup_context=_setup_context)
+
+
+def kernels_available(device: torch.device) -> bool:
+    """Whether the op runs as kernels here (CUDA with Triton); elsewhere it is the reference."""
+    if device.type != "cuda":
+        return False
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
