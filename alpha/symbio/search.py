@@ -545,6 +545,8 @@ class Search:
     def _program_capacity(self) -> int | None:
         """Instructions for the candidates' programs, or None to run them as code."""
         mode = os.environ.get(ACTIVATION_MODE_ENV, "auto")
+        if mode not in ("auto", "program", "code"):
+            raise ConfigError(f"{ACTIVATION_MODE_ENV}={mode!r}: expected auto, program or code")
         if mode == "code" or (mode == "auto" and not kernels_available(self.trainer.device)):
             return None
         cfg = self.config

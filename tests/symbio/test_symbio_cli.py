@@ -162,6 +162,18 @@ def test_candidates_run_as_programs_select_the_same(symbio_run, tmp_path: Path) 
         assert b["valLoss"] == pytest.approx(a["valLoss"], abs=1e-5)
 
 
+def test_an_unknown_activation_mode_is_one_line_and_exit_2(symbio_run, tmp_path: Path) -> None:
+    run_dir, _ = symbio_run
+    resumed = tmp_path / "bad-mode"
+    resumed.mkdir()
+    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
+    env = {**ONE_THREAD, "ALPHA_SYMBIO_ACTIVATIONS": "fast"}
+    result = run_alpha("train", "--resume", str(resumed / "checkpoint-12.safetensors"), env=env)
+    assert result.returncode == 2
+    assert "ALPHA_SYMBIO_ACTIVATIONS='fast': expected auto, program or code" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_sample_works_on_a_symbio_checkpoint(symbio_run) -> None:
     run_dir, _ = symbio_run
     result = run_alpha("sample", "--checkpoint", str(run_dir / "checkpoint-24.safetensors"), "--prompt", "hi",
