@@ -101,12 +101,30 @@ def test_search_outputs_one_winner_everywhere(symbio_run) -> None:
     assert "── symbio search complete ──" in (run_dir.parent / "train_search_run.log").read_text()
 
 
+def resume_search(
+    run_dir: Path, into: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Resume ``run_dir``'s search from its step-12 checkpoint, copied into ``into``."""
+    into.mkdir()
+    shutil.copy(run_dir / "checkpoint-12.safetensors", into)
+    checkpoint = str(into / "checkpoint-12.safetensors")
+    return run_alpha("train", "--resume", checkpoint, *args, env={**ONE_THREAD, **(env or {})})
+
+
+def same_candidates(run_dir: Path, resumed: Path) -> list[dict]:
+    """The resumed search's candidates, checked to be the original's with the same val losses."""
+    original = read_jsonl(run_dir / "symbio-candidates.jsonl")
+    again = read_jsonl(resumed / "symbio-candidates.jsonl")
+    assert [r["id"] for r in again] == [r["id"] for r in original]
+    for a, b in zip(original, again, strict=True):
+        assert b["valLoss"] == pytest.approx(a["valLoss"], abs=1e-5)
+    return again
+
+
 def test_resumed_search_equals_the_uninterrupted_one(symbio_run, tmp_path: Path) -> None:
     run_dir, _ = symbio_run
     resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
-    result = run_alpha("train", "--resume", str(resumed / "checkpoint-12.safetensors"), env=ONE_THREAD)
+    result = resume_search(run_dir, resumed)
     assert result.returncode == 0, result.stderr
 
     def strip(records: list[dict]) -> list[dict]:
@@ -127,17 +145,10 @@ def test_search_with_weight_gradients_on_the_side_stream_path_selects_the_same(
     activation swaps: the resumed search picks the same candidates with the same losses."""
     run_dir, _ = symbio_run
     resumed = tmp_path / "wgrad"
-    resumed.mkdir()
-    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
-    ckpt = str(resumed / "checkpoint-12.safetensors")
-    result = run_alpha("train", "--resume", ckpt, "--wgrad-stream", env=ONE_THREAD)
+    result = resume_search(run_dir, resumed, "--wgrad-stream")
     assert result.returncode == 0, result.stderr
     assert json.loads((resumed / "config.json").read_text())["trainConfig"]["wgradStream"] is True
-    original = read_jsonl(run_dir / "symbio-candidates.jsonl")
-    again = read_jsonl(resumed / "symbio-candidates.jsonl")
-    assert [r["id"] for r in again] == [r["id"] for r in original]
-    for a, b in zip(original, again, strict=True):
-        assert b["valLoss"] == pytest.approx(a["valLoss"], abs=1e-5)
+    same_candidates(run_dir, resumed)
     losses = {m["step"]: m["loss"] for m in read_jsonl(run_dir / "metrics.jsonl")}
     assert all(
         m["loss"] == pytest.approx(losses[m["step"]], abs=1e-5) for m in read_jsonl(resumed / "metrics.jsonl")
@@ -149,26 +160,15 @@ def test_candidates_run_as_programs_select_the_same(symbio_run, tmp_path: Path) 
     the resumed search picks the same candidates with the same losses."""
     run_dir, _ = symbio_run
     resumed = tmp_path / "program"
-    resumed.mkdir()
-    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
-    env = {**ONE_THREAD, "ALPHA_SYMBIO_ACTIVATIONS": "program"}
-    result = run_alpha("train", "--resume", str(resumed / "checkpoint-12.safetensors"), env=env)
+    result = resume_search(run_dir, resumed, env={"ALPHA_SYMBIO_ACTIVATIONS": "program"})
     assert result.returncode == 0, result.stderr
-    original = read_jsonl(run_dir / "symbio-candidates.jsonl")
-    again = read_jsonl(resumed / "symbio-candidates.jsonl")
-    assert [r["id"] for r in again] == [r["id"] for r in original]
+    again = same_candidates(run_dir, resumed)
     assert any("×" in r["activation"] for r in again)  # products and sums ran as programs too
-    for a, b in zip(original, again, strict=True):
-        assert b["valLoss"] == pytest.approx(a["valLoss"], abs=1e-5)
 
 
 def test_an_unknown_activation_mode_is_one_line_and_exit_2(symbio_run, tmp_path: Path) -> None:
     run_dir, _ = symbio_run
-    resumed = tmp_path / "bad-mode"
-    resumed.mkdir()
-    shutil.copy(run_dir / "checkpoint-12.safetensors", resumed)
-    env = {**ONE_THREAD, "ALPHA_SYMBIO_ACTIVATIONS": "fast"}
-    result = run_alpha("train", "--resume", str(resumed / "checkpoint-12.safetensors"), env=env)
+    result = resume_search(run_dir, tmp_path / "bad-mode", env={"ALPHA_SYMBIO_ACTIVATIONS": "fast"})
     assert result.returncode == 2
     assert "ALPHA_SYMBIO_ACTIVATIONS='fast': expected auto, program or code" in result.stderr
     assert "Traceback" not in result.stderr
