@@ -1,11 +1,14 @@
 """Triton kernels of ``alpha::program_activation`` (see ``alpha.symbio.program``).
 
-Each kernel computes the five basis functions of its block of x once. When the buffer's flag says
-the graph is quadratic in them, it evaluates that form (20 coefficients, a fixed sequence of
-multiply-adds); otherwise it runs the program: the instructions are the same for every element,
-so the branches on opcode and stack position are uniform and the stack lives in registers
-(``STACK_SLOTS`` of them). The backward kernel takes the form's derivative, or runs the program on
-(value, derivative) pairs, and writes dy · f'(x). Both compute in fp32 and store in x's dtype.
+Each direction has two kernels, both launched every time (one captured step serves every
+program); the buffer's flag makes exactly one of them do the work, so neither is compiled with
+the other's registers. The quadratic-form kernel evaluates the form's 20 coefficients with a fixed
+sequence of multiply-adds, and computes silu and tanh-GELU (an exponential and a division each)
+only when a coefficient uses them. The program kernel computes the five basis functions and runs
+the instructions: they are the same for every element, so the branches on opcode and stack
+position are uniform and the stack lives in registers (``STACK_SLOTS`` of them); its backward runs
+them on (value, derivative) pairs. Both compute in fp32 and store in x's dtype; the backward
+kernels write dy · f'(x).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ import triton.language as tl
 
 from alpha.symbio.program import FLAG_AT, HEADER, LINEAR_AT, PAIRS_AT
 
-FORWARD_BLOCK = 1024
+FORWARD_BLOCK = 1024  # the program kernels
 BACKWARD_BLOCK = 512
+FORM_BLOCK = 1024  # the quadratic-form kernels
 
 
 @triton.jit
@@ -219,47 +223,118 @@ def _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD
 
 
 @triton.jit
-def _forward_kernel(
-    x_ptr, y_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr,
-    FLAG: tl.constexpr, LIN: tl.constexpr, PAIR: tl.constexpr, HEAD: tl.constexpr,
-):  # fmt: skip
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_elements
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
-    if tl.load(prog_ptr + FLAG) != 0.0:
-        y = _quadratic_value(prog_ptr, b0, b1, b2, b3, b4, LIN, PAIR)
-    else:
-        y = _run_program(prog_ptr, x, b0, b1, b2, b3, b4, HEAD)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+def _smooth_bases(x, use_silu, use_gelu):
+    """silu and tanh-GELU at x with their derivatives, each only when used (uniform branches:
+    they are the costly bases, an exponential and a division each), zero otherwise."""
+    zero = x * 0.0
+    b0 = zero
+    g0 = zero
+    if use_silu:
+        sig = tl.sigmoid(x)
+        b0 = x * sig
+        g0 = sig * (1.0 + x * (1.0 - sig))
+    b2 = zero
+    g2 = zero
+    if use_gelu:
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        t = 2.0 * tl.sigmoid(2.0 * u) - 1.0  # tanh(u)
+        b2 = 0.5 * x * (1.0 + t)
+        g2 = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+    return b0, b2, g0, g2
 
 
 @triton.jit
-def _backward_kernel(
-    dy_ptr, x_ptr, dx_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr,
-    FLAG: tl.constexpr, LIN: tl.constexpr, PAIR: tl.constexpr, HEAD: tl.constexpr,
+def _uses(p, k: tl.constexpr, LIN: tl.constexpr, PAIR: tl.constexpr):
+    """Whether basis k (0 silu or 2 gelu) has a nonzero coefficient in the form."""
+    used = tl.load(p + LIN + k) != 0.0
+    if k == 0:
+        for j in tl.static_range(5):  # q₀ⱼ at PAIR + j
+            used = used | (tl.load(p + PAIR + j) != 0.0)
+    else:  # q₀₂, q₁₂, q₂₂, q₂₃, q₂₄
+        used = used | (tl.load(p + PAIR + 2) != 0.0) | (tl.load(p + PAIR + 6) != 0.0)
+        used = used | (tl.load(p + PAIR + 9) != 0.0) | (tl.load(p + PAIR + 10) != 0.0)
+        used = used | (tl.load(p + PAIR + 11) != 0.0)
+    return used
+
+
+@triton.jit
+def _quadratic_forward_kernel(
+    x_ptr, y_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr,
+    FLAG: tl.constexpr, LIN: tl.constexpr, PAIR: tl.constexpr,
 ):  # fmt: skip
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_elements
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
+    if tl.load(prog_ptr + FLAG) != 0.0:  # else the program kernel writes y
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n_elements
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        use_silu = _uses(prog_ptr, 0, LIN, PAIR)
+        use_gelu = _uses(prog_ptr, 2, LIN, PAIR)
+        b0, b2, g0, g2 = _smooth_bases(x, use_silu, use_gelu)
+        y = _quadratic_value(prog_ptr, b0, tl.maximum(x, 0.0), b2, x, x * x, LIN, PAIR)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _program_forward_kernel(
+    x_ptr, y_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr, FLAG: tl.constexpr, HEAD: tl.constexpr
+):
+    if tl.load(prog_ptr + FLAG) == 0.0:  # else the quadratic kernel writes y
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n_elements
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
+        y = _run_program(prog_ptr, x, b0, b1, b2, b3, b4, HEAD)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _quadratic_backward_kernel(
+    dy_ptr, x_ptr, dx_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr,
+    FLAG: tl.constexpr, LIN: tl.constexpr, PAIR: tl.constexpr,
+):  # fmt: skip
     if tl.load(prog_ptr + FLAG) != 0.0:
-        slope = _quadratic_slope(prog_ptr, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, LIN, PAIR)
-    else:
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n_elements
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        use_silu = _uses(prog_ptr, 0, LIN, PAIR)
+        use_gelu = _uses(prog_ptr, 2, LIN, PAIR)
+        b0, b2, g0, g2 = _smooth_bases(x, use_silu, use_gelu)
+        g1 = tl.where(x > 0.0, 1.0, 0.0)
+        slope = _quadratic_slope(
+            prog_ptr, b0, tl.maximum(x, 0.0), b2, x, x * x, g0, g1, g2, x * 0.0 + 1.0, 2.0 * x, LIN, PAIR
+        )
+        tl.store(dx_ptr + offs, (dy * slope).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _program_backward_kernel(
+    dy_ptr, x_ptr, dx_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr, FLAG: tl.constexpr, HEAD: tl.constexpr
+):
+    if tl.load(prog_ptr + FLAG) == 0.0:
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n_elements
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
         slope = _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD)
-    tl.store(dx_ptr + offs, (dy * slope).to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offs, (dy * slope).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-_LAYOUT = {"FLAG": FLAG_AT, "LIN": LINEAR_AT, "PAIR": PAIRS_AT, "HEAD": HEADER}
+_FORM = {"FLAG": FLAG_AT, "LIN": LINEAR_AT, "PAIR": PAIRS_AT}
+_PROGRAM = {"FLAG": FLAG_AT, "HEAD": HEADER}
 
 
 def forward(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """Both kernels are launched (a captured step serves every program); the buffer's flag makes
+    exactly one of them write y."""
     x = x.contiguous()
     y = torch.empty_like(x)
     n = x.numel()
     if n:
-        _forward_kernel[(triton.cdiv(n, FORWARD_BLOCK),)](x, y, program, n, BLOCK=FORWARD_BLOCK, **_LAYOUT)
+        _quadratic_forward_kernel[(triton.cdiv(n, FORM_BLOCK),)](x, y, program, n, BLOCK=FORM_BLOCK, **_FORM)
+        _program_forward_kernel[(triton.cdiv(n, FORWARD_BLOCK),)](
+            x, y, program, n, BLOCK=FORWARD_BLOCK, **_PROGRAM
+        )
     return y
 
 
@@ -268,7 +343,10 @@ def backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.
     dx = torch.empty_like(x)
     n = x.numel()
     if n:
-        _backward_kernel[(triton.cdiv(n, BACKWARD_BLOCK),)](
-            dy, x, dx, program, n, BLOCK=BACKWARD_BLOCK, **_LAYOUT
+        _quadratic_backward_kernel[(triton.cdiv(n, FORM_BLOCK),)](
+            dy, x, dx, program, n, BLOCK=FORM_BLOCK, **_FORM
+        )
+        _program_backward_kernel[(triton.cdiv(n, BACKWARD_BLOCK),)](
+            dy, x, dx, program, n, BLOCK=BACKWARD_BLOCK, **_PROGRAM
         )
     return dx
