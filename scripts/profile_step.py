@@ -1,6 +1,7 @@
 """Profile alpha's training step on CUDA (eager kernels, no graph) and print the top kernels.
 
     python scripts/profile_step.py --batch 128 [--steps 5]
+    python scripts/profile_step.py --activation-graph '<JSON>' --activation-program  # a search candidate
 
 Used to decide which fusions pay; the figures it prints are kernel times, not end-to-end speed
 (that is ``alpha bench``).
@@ -9,6 +10,7 @@ Used to decide which fusions pay; the figures it prints are kernel times, not en
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,8 @@ from alpha.data.tokens import TokenData
 from alpha.events import EventBus
 from alpha.model.gpt import GPT
 from alpha.model.linear import compile_options
+from alpha.symbio.graph import from_json
+from alpha.symbio.program import install_programs
 from alpha.train.trainer import RunContext, Trainer
 
 
@@ -38,9 +42,20 @@ def main() -> None:
     p.add_argument("--compile-mode", default="default")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--list", action="store_true", help="also list every kernel of the last step in order")
+    p.add_argument("--activation-graph", default=None, help="JSON activation graph (composed)")
+    p.add_argument("--activation-program", action="store_true", help="the graph as a search candidate")
     args = p.parse_args()
+    graph = None if args.activation_graph is None else json.loads(args.activation_graph)
     model_cfg, cfg = resolve(
-        {"n_embd": 384, "n_head": 8, "n_layer": 8, "block_size": 512, "dropout": args.dropout},
+        {
+            "n_embd": 384,
+            "n_head": 8,
+            "n_layer": 8,
+            "block_size": 512,
+            "dropout": args.dropout,
+            "ffn_activation": "composed" if graph else "gelu",
+            "activation_graph": graph,
+        },
         {"data": "x", "batch_size": args.batch, "iters": 10**9, "compile": True, "eval_iters": 1},
     )
     cfg.cuda_graphs = False
@@ -56,6 +71,8 @@ def main() -> None:
         ctx,
         domain_for("text"),
     )
+    if args.activation_program:
+        install_programs(trainer, from_json(graph))
     if args.compile_mode != "default":
         options = compile_options(trainer.model)
         trainer.forward_model = torch.compile(trainer.model, mode=args.compile_mode, options=options)

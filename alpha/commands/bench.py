@@ -226,20 +226,16 @@ def _graph(text: str | None) -> dict | None:
 
 
 def _use_program(trainer: Any, graph_json: dict | None) -> None:
-    """Every block's activation becomes the search's swappable program activation."""
     from alpha.errors import ConfigError
-    from alpha.symbio.graph import GraphActivation, dumps, from_json
-    from alpha.symbio.program import STACK_SLOTS, encode, stack_depth
+    from alpha.symbio.graph import from_json
+    from alpha.symbio.program import ProgramTooLarge, install_programs
 
     if graph_json is None:
         raise ConfigError("--activation-program needs --activation-graph")
-    graph = from_json(graph_json)
-    program = encode(graph)
-    if stack_depth(program) > STACK_SLOTS:
-        raise ConfigError(f"--activation-program: the graph needs more than {STACK_SLOTS} stack slots")
-    trainer.set_activation(
-        lambda: GraphActivation(graph, swappable=True, program_capacity=len(program)), dumps(graph)
-    )
+    try:
+        install_programs(trainer, from_json(graph_json))
+    except ProgramTooLarge as exc:
+        raise ConfigError(f"--activation-program: {exc}") from None
 
 
 def _plain_loop(

@@ -26,12 +26,15 @@ PyTorch reference below, which the kernels are tested against.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale
+from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, GraphActivation, Mul, Scale, dumps
+
+if TYPE_CHECKING:
+    from alpha.train.trainer import Trainer
 
 OP_SCALE, OP_ADD, OP_MUL = 5, 6, 7
 N_BASES = len(BASIS_OPS)
@@ -270,3 +273,14 @@ def kernels_available(device: torch.device) -> bool:
     except ImportError:
         return False
     return True
+
+
+def install_programs(trainer: Trainer, graph: Graph) -> None:
+    """Every block's activation becomes ``graph`` as a program, the way a search runs its
+    candidates (for ``alpha bench --activation-program`` and the step profile)."""
+    program = encode(graph)
+    if stack_depth(program) > STACK_SLOTS:
+        raise ProgramTooLarge(f"the graph needs more than {STACK_SLOTS} stack slots")
+    trainer.set_activation(
+        lambda: GraphActivation(graph, swappable=True, program_capacity=len(program)), dumps(graph)
+    )

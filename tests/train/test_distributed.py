@@ -90,18 +90,25 @@ SEARCH = {
 
 
 @pytest.mark.slow
-def test_two_processes_spread_a_generation_over_ranks(chat_file: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("activations", ["code", "program"])
+def test_two_processes_spread_a_generation_over_ranks(
+    chat_file: Path, tmp_path: Path, activations: str
+) -> None:
     """Each rank trains its own candidates alone on the batches a one-process search with the same
     --batch uses: generation 0's candidate steps are identical to the one-process search's; step
-    records from both ranks arrive as one ordered stream; the winner is the best val loss."""
+    records from both ranks arrive as one ordered stream; the winner is the best val loss. With
+    candidates as code or as programs (alpha.symbio.program, the CUDA default; its reference here)."""
     config = tmp_path / "search.json"
     config.write_text(json.dumps(SEARCH))
     args = ("--iters", "32", "--eval-interval", "12", "--sample-interval", "0", "--dropout", "0",
             "--log-every", "2", "--lr", "3e-3", "--batch", "4",
             "--symbio", "--symbio-config", str(config))  # fmt: skip
-    single = run_alpha(*tiny_train_args(chat_file, tmp_path / "one", *args), env={"OMP_NUM_THREADS": "1"})
+    mode = {"ALPHA_SYMBIO_ACTIVATIONS": activations}
+    single = run_alpha(
+        *tiny_train_args(chat_file, tmp_path / "one", *args), env={"OMP_NUM_THREADS": "1", **mode}
+    )
     assert single.returncode == 0, single.stderr
-    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *args), env=GLOO)
+    double = torchrun(2, *tiny_train_args(chat_file, tmp_path / "two", *args), env={**GLOO, **mode})
     assert double.returncode == 0, double.stderr[-3000:]
 
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
