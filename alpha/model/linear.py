@@ -88,9 +88,8 @@ class WeightGradStream:
                 # so the warning surfaces in whatever calls backward): known and chosen here
                 for message in ("Setting the SM carveout", "torch.backends.cuda.preferred_blas_library"):
                     warnings.filterwarnings("ignore", message=message)
-        self.weights: dict[int, nn.Parameter] = {}  # by slot
+        self.linears: dict[int, Linear] = {}  # by slot
         self._fresh: set[int] = set()  # slots whose next gradient overwrites weight.grad
-        self._modules: list[nn.Module] = []
 
     def attach(self, model: nn.Module) -> None:
         """Give every ``Linear`` of ``model`` a slot of this stream."""
@@ -98,19 +97,23 @@ class WeightGradStream:
             if isinstance(module, Linear):
                 module.grad_slot = len(_SLOTS)
                 _SLOTS.append(weakref.ref(self))
-                self._modules.append(module)
-                self.weights[module.grad_slot] = module.weight
+                self.linears[module.grad_slot] = module
                 if self.shadow_dtype is not None and module.weight.dtype != self.shadow_dtype:
                     module.weight_shadow = torch.empty_like(module.weight, dtype=self.shadow_dtype)
 
+    @property
+    def weights(self) -> dict[int, nn.Parameter]:
+        """The attached weights, by slot."""
+        return {slot: m.weight for slot, m in self.linears.items()}
+
     def begin_step(self) -> None:
         """The next gradient of each weight overwrites ``weight.grad`` (a step's first micro-batch)."""
-        self._fresh = set(self.weights)
+        self._fresh = set(self.linears)
         self.refresh_shadows()
 
     def refresh_shadows(self) -> None:
         """Copy every linear weight into its shadow (the weights changed since the last step)."""
-        pairs = [(m.weight_shadow, m.weight) for m in self._modules if m.weight_shadow is not None]
+        pairs = [(m.weight_shadow, m.weight) for m in self.linears.values() if m.weight_shadow is not None]
         if pairs:
             with torch.no_grad():
                 torch._foreach_copy_([s for s, _ in pairs], [w for _, w in pairs])
@@ -122,7 +125,7 @@ class WeightGradStream:
 
     def compute(self, slot: int, dy: torch.Tensor, x: torch.Tensor) -> None:
         """weight.grad of ``slot`` (+)= dyᵀ x, on the side stream; dy (N, out), x (N, in)."""
-        weight = self.weights[slot]
+        weight = self.linears[slot].weight
         if (dy.shape[1], x.shape[1]) != weight.shape:
             raise RuntimeError(f"linear slot {slot} belongs to a weight of another shape")
         overwrite = slot in self._fresh or weight.grad is None

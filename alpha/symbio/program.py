@@ -140,13 +140,6 @@ def program_tensor(graph: Graph, capacity: int) -> torch.Tensor:
     return out
 
 
-def without_quadratic_form(buffer: torch.Tensor) -> torch.Tensor:
-    """The same program with its flag cleared: the op runs the instructions (for tests)."""
-    out = buffer.clone()
-    out[FLAG_AT] = 0.0
-    return out
-
-
 def _instructions(program: torch.Tensor) -> list[tuple[int, float]]:
     values = program.tolist()
     count = int(values[COUNT_AT])
@@ -177,39 +170,20 @@ def _basis_and_slope(op: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return x * x, 2 * x
 
 
-def reference_forward(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
-    """f(x) by the program (or its quadratic form), computed in fp32 and returned in x's dtype."""
-    x32 = x.float()
-    form = _quadratic(program)
-    if form is not None:
-        bases = [_basis_and_slope(op, x32)[0] for op in range(N_BASES)]
-        linear, pairs = form
-        y = sum(a * b for a, b in zip(linear, bases, strict=True))
-        y = y + sum(q * bases[i] * bases[j] for q, (i, j) in zip(pairs, PAIRS, strict=True))
-        return y.to(x.dtype)
-    stack = []
-    for op, c in _instructions(program):
-        if op < OP_SCALE:
-            stack.append(_basis_and_slope(op, x32)[0])
-        elif op == OP_SCALE:
-            stack.append(c * stack.pop())
-        else:
-            b, a = stack.pop(), stack.pop()
-            stack.append(a + b if op == OP_ADD else a * b)
-    return stack[-1].to(x.dtype, copy=True)  # a new tensor even for the identity
-
-
-def reference_backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
-    """dy · f'(x): the quadratic form's derivative, or the program run on (value, derivative) pairs."""
+def _value_and_slope(x: torch.Tensor, program: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(x) and f'(x) in fp32: the quadratic form and its derivative when the flag is set, else the
+    program run on (value, derivative) pairs."""
     x32 = x.float()
     form = _quadratic(program)
     if form is not None:
         bases, slopes = zip(*(_basis_and_slope(op, x32) for op in range(N_BASES)), strict=True)
         linear, pairs = form
-        d = sum(a * g for a, g in zip(linear, slopes, strict=True))
+        value = sum(a * b for a, b in zip(linear, bases, strict=True))
+        slope = sum(a * g for a, g in zip(linear, slopes, strict=True))
         for q, (i, j) in zip(pairs, PAIRS, strict=True):
-            d = d + q * (slopes[i] * bases[j] + bases[i] * slopes[j])
-        return (dy.float() * d).to(x.dtype)
+            value = value + q * bases[i] * bases[j]
+            slope = slope + q * (slopes[i] * bases[j] + bases[i] * slopes[j])
+        return value, slope
     stack = []
     for op, c in _instructions(program):
         if op < OP_SCALE:
@@ -220,7 +194,17 @@ def reference_backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor)
         else:
             (vb, db), (va, da) = stack.pop(), stack.pop()
             stack.append((va + vb, da + db) if op == OP_ADD else (va * vb, va * db + da * vb))
-    return (dy.float() * stack[-1][1]).to(x.dtype)
+    return stack[-1]
+
+
+def reference_forward(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """f(x) by the program (or its quadratic form), computed in fp32 and returned in x's dtype."""
+    return _value_and_slope(x, program)[0].to(x.dtype, copy=True)  # a new tensor even for the identity
+
+
+def reference_backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """dy · f'(x)."""
+    return (dy.float() * _value_and_slope(x, program)[1]).to(x.dtype)
 
 
 @torch.library.custom_op("alpha::program_activation", mutates_args=())
@@ -278,9 +262,7 @@ def kernels_available(device: torch.device) -> bool:
 def install_programs(trainer: Trainer, graph: Graph) -> None:
     """Every block's activation becomes ``graph`` as a program, the way a search runs its
     candidates (for ``alpha bench --activation-program`` and the step profile)."""
-    program = encode(graph)
-    if stack_depth(program) > STACK_SLOTS:
-        raise ProgramTooLarge(f"the graph needs more than {STACK_SLOTS} stack slots")
+    capacity = len(encode(graph))  # a graph too deep for the kernels' stack raises ProgramTooLarge
     trainer.set_activation(
-        lambda: GraphActivation(graph, swappable=True, program_capacity=len(program)), dumps(graph)
+        lambda: GraphActivation(graph, swappable=True, program_capacity=capacity), dumps(graph)
     )

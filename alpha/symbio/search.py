@@ -231,6 +231,7 @@ class Search:
         self._best_loss = math.inf
         self._acts: list[GraphActivation] = []
         self._compiled_acts = True
+        self._program_acts = False  # the activations read their graph from a program buffer
         self._start_graph = base_graph(trainer.model_cfg)
         self._fusion: Fusion | None = None
         if config.searching and config.fuse_weights_each_step:
@@ -532,6 +533,7 @@ class Search:
         compile_act = None if on_cuda and self.steps_per_candidate >= COMPILE_MIN_STEPS else False
         self._compiled_acts = compile_act is None
         capacity = self._program_capacity()
+        self._program_acts = capacity is not None
 
         def factory() -> GraphActivation:
             act = GraphActivation(
@@ -561,8 +563,7 @@ class Search:
         for a new graph's key (the activation sits behind a graph break)."""
         for act in self._acts:
             act.set_graph(graph)
-        programs = bool(self._acts) and all(act.program is not None and act.swappable for act in self._acts)
-        if self.trainer.graphed is not None and not programs:
+        if self.trainer.graphed is not None and not self._program_acts:
             # an eager activation compiles nothing: its step graph is captured without warm-up
             self.trainer.graphed.invalidate(dumps(graph), warmup=self._compiled_acts)
         mc = self.trainer.model_cfg
