@@ -232,31 +232,37 @@ def _form_kernel(
     trip counts of loops, not ``if`` tests: the compiler turns a test into selects and computes
     both sides, but keeps a loop it cannot bound as a branch. Does nothing unless the buffer's flag
     says the program has a form."""
-    if tl.load(prog_ptr + FLAG) != 0.0:  # else the program kernel writes the output
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < n_elements
-        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # every load first, so that their latencies overlap: a tile is short and the kernel is bound
+    # by latency, not bandwidth (x and dy are read for nothing when the program kernel does the work)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if SLOPE:
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    flag = tl.load(prog_ptr + FLAG)
+    use_silu = tl.load(prog_ptr + SILU).to(tl.int32)
+    use_gelu = tl.load(prog_ptr + GELU).to(tl.int32)
+    n_rows = tl.load(prog_ptr + N_ROWS).to(tl.int32)  # the value or the slope rows (by the launch)
+    if flag != 0.0:  # else the program kernel writes the output
         zero = x * 0.0
         b0 = zero  # silu
         g0 = zero
-        for _ in range(tl.load(prog_ptr + SILU).to(tl.int32)):
+        for _ in range(use_silu):
             sig = tl.sigmoid(x)
             b0 = x * sig
             g0 = sig * (1.0 + x * (1.0 - sig))
         b2 = zero  # tanh-GELU
         g2 = zero
-        for _ in range(tl.load(prog_ptr + GELU).to(tl.int32)):
+        for _ in range(use_gelu):
             t = _gelu_tanh(x)
             b2 = 0.5 * x * (1.0 + t)
             if SLOPE:
                 g2 = _gelu_slope(x, t)
         b1 = tl.maximum(x, 0.0)  # relu
         b4 = x * x  # square; b3 is x
-        n_rows = tl.load(prog_ptr + N_ROWS).to(tl.int32)  # the value or the slope rows (by the launch)
         if SLOPE:
             g1 = tl.where(x > 0.0, 1.0, 0.0)
             s = _rows(zero, prog_ptr + ROWS, n_rows, g0, g1, g2, zero + 1.0, 2.0 * x, b0, b1, b2, x, b4, ROW)
-            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             tl.store(out_ptr + offs, (dy * s).to(out_ptr.dtype.element_ty), mask=mask)
         else:
             y = _rows(zero, prog_ptr + ROWS, n_rows, b0, b1, b2, x, b4, b0, b1, b2, x, b4, ROW)
