@@ -39,10 +39,13 @@ if TYPE_CHECKING:
 OP_SCALE, OP_ADD, OP_MUL = 5, 6, 7
 N_BASES = len(BASIS_OPS)
 PAIRS = [(i, j) for i in range(N_BASES) for j in range(i, N_BASES)]  # qᵢⱼ, i ≤ j, row by row
-# the buffer: [count, quadratic flag, a₀..a₄, q₀₀, q₀₁, .., q₄₄, op₀, c₀, op₁, c₁, ..]
-COUNT_AT, FLAG_AT, LINEAR_AT = 0, 1, 2
-PAIRS_AT = LINEAR_AT + N_BASES
-HEADER = PAIRS_AT + len(PAIRS)
+# the buffer: [count, form flag, silu used, gelu used, value rows, slope rows,
+#              N_BASES value rows, N_BASES slope rows, op₀, c₀, op₁, c₁, ..]
+COUNT_AT, FLAG_AT, SILU_AT, GELU_AT, N_VALUE_ROWS_AT, N_SLOPE_ROWS_AT = range(6)
+ROW = 2 + N_BASES  # a row: basis index k, constant c, then one coefficient per basis: bₖ·(c + Σⱼ cⱼ·bⱼ)
+VALUE_ROWS_AT = 6
+SLOPE_ROWS_AT = VALUE_ROWS_AT + N_BASES * ROW
+HEADER = SLOPE_ROWS_AT + N_BASES * ROW
 STACK_SLOTS = 8  # the kernels keep the stack in registers: programs deeper than this are refused
 GELU_C = 0.7978845608028654  # sqrt(2 / pi)
 GELU_A = 0.044715
@@ -133,11 +136,40 @@ def program_tensor(graph: Graph, capacity: int) -> torch.Tensor:
     form = quadratic_form(graph)
     if form is not None:
         out[FLAG_AT] = 1.0
-        out[LINEAR_AT:PAIRS_AT] = torch.tensor(form[0])
-        out[PAIRS_AT:HEADER] = torch.tensor(form[1])
+        _write_form(out, *form)
     if program:
         out[HEADER : HEADER + 2 * len(program)] = torch.tensor(program, dtype=torch.float32).flatten()
     return out
+
+
+def _write_form(out: torch.Tensor, linear: list[float], pairs: list[float]) -> None:
+    """The form as rows, each a basis k times an affine function of the bases, with the rows of
+    zero left out, so the kernels' work follows the terms the graph has (most have one to three):
+    value rows f = Σₖ bₖ·(aₖ + Σ_{j≥k} qₖⱼ·bⱼ), slope rows f′ = Σₖ gₖ·∂f/∂bₖ with
+    ∂f/∂bₖ = aₖ + Σⱼ qₖⱼ·bⱼ (qₖₖ counted twice, q symmetric), gₖ = bₖ′."""
+    q = [[0.0] * N_BASES for _ in range(N_BASES)]
+    for c, (i, j) in zip(pairs, PAIRS, strict=True):
+        q[i][j] = c
+    value_rows = [
+        (k, linear[k], [q[k][j] if j >= k else 0.0 for j in range(N_BASES)]) for k in range(N_BASES)
+    ]
+    slope_rows = [
+        (k, linear[k], [2 * q[k][k] if j == k else q[min(j, k)][max(j, k)] for j in range(N_BASES)])
+        for k in range(N_BASES)
+    ]
+    for count_at, rows_at, rows in (
+        (N_VALUE_ROWS_AT, VALUE_ROWS_AT, value_rows),
+        (N_SLOPE_ROWS_AT, SLOPE_ROWS_AT, slope_rows),
+    ):
+        kept = [row for row in rows if row[1] != 0.0 or any(row[2])]
+        out[count_at] = len(kept)
+        for r, (k, c, coefficients) in enumerate(kept):
+            out[rows_at + r * ROW : rows_at + (r + 1) * ROW] = torch.tensor([k, c, *coefficients])
+    for switch_at, basis in ((SILU_AT, BASIS_OPS.index("silu")), (GELU_AT, BASIS_OPS.index("gelu"))):
+        used = linear[basis] != 0.0 or any(
+            c != 0.0 and basis in pair for c, pair in zip(pairs, PAIRS, strict=True)
+        )
+        out[switch_at] = float(used)
 
 
 def _instructions(program: torch.Tensor) -> list[tuple[int, float]]:
@@ -147,11 +179,10 @@ def _instructions(program: torch.Tensor) -> list[tuple[int, float]]:
     return [(int(op), c) for op, c in zip(body[0::2], body[1::2], strict=True)]
 
 
-def _quadratic(program: torch.Tensor) -> tuple[list[float], list[float]] | None:
+def _form_rows(program: torch.Tensor, n_rows_at: int, rows_at: int) -> list[tuple[int, float, list[float]]]:
     values = program.tolist()
-    if values[FLAG_AT] == 0.0:
-        return None
-    return values[LINEAR_AT:PAIRS_AT], values[PAIRS_AT:HEADER]
+    rows = [values[rows_at + r * ROW : rows_at + (r + 1) * ROW] for r in range(int(values[n_rows_at]))]
+    return [(int(row[0]), row[1], row[2:]) for row in rows]
 
 
 def _basis_and_slope(op: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,16 +205,20 @@ def _value_and_slope(x: torch.Tensor, program: torch.Tensor) -> tuple[torch.Tens
     """f(x) and f'(x) in fp32: the quadratic form and its derivative when the flag is set, else the
     program run on (value, derivative) pairs."""
     x32 = x.float()
-    form = _quadratic(program)
-    if form is not None:
+    if program[FLAG_AT].item() != 0.0:
         bases, slopes = zip(*(_basis_and_slope(op, x32) for op in range(N_BASES)), strict=True)
-        linear, pairs = form
-        value = sum(a * b for a, b in zip(linear, bases, strict=True))
-        slope = sum(a * g for a, g in zip(linear, slopes, strict=True))
-        for q, (i, j) in zip(pairs, PAIRS, strict=True):
-            value = value + q * bases[i] * bases[j]
-            slope = slope + q * (slopes[i] * bases[j] + bases[i] * slopes[j])
-        return value, slope
+
+        def rows_sum(outer: tuple[torch.Tensor, ...], n_rows_at: int, rows_at: int) -> torch.Tensor:
+            total = torch.zeros_like(x32)
+            for k, c, coefficients in _form_rows(program, n_rows_at, rows_at):
+                total = total + outer[k] * (
+                    c + sum(cj * bj for cj, bj in zip(coefficients, bases, strict=True))
+                )
+            return total
+
+        return rows_sum(bases, N_VALUE_ROWS_AT, VALUE_ROWS_AT), rows_sum(
+            slopes, N_SLOPE_ROWS_AT, SLOPE_ROWS_AT
+        )
     stack = []
     for op, c in _instructions(program):
         if op < OP_SCALE:

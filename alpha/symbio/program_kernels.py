@@ -1,23 +1,41 @@
 """Triton kernels of ``alpha::program_activation`` (see ``alpha.symbio.program``).
 
-Each kernel computes the five basis functions of its block of x once. When the buffer's flag says
-the graph is quadratic in them, it evaluates that form (20 coefficients, a fixed sequence of
-multiply-adds); otherwise it runs the program: the instructions are the same for every element,
-so the branches on opcode and stack position are uniform and the stack lives in registers
-(``STACK_SLOTS`` of them). The backward kernel takes the form's derivative, or runs the program on
-(value, derivative) pairs, and writes dy · f'(x). Both compute in fp32 and store in x's dtype.
+Each direction has two kernels, both launched every time (one captured step serves every
+program); the buffer's flag makes exactly one of them do the work, so neither is compiled with
+the other's registers. The quadratic-form kernel evaluates the form's 20 coefficients with a fixed
+sequence of multiply-adds, and computes silu and tanh-GELU (an exponential and a division each)
+only when a coefficient uses them. The program kernel computes the five basis functions and runs
+the instructions: they are the same for every element, so the branches on opcode and stack
+position are uniform and the stack lives in registers (``STACK_SLOTS`` of them); its backward runs
+them on (value, derivative) pairs. Both compute in fp32 and store in x's dtype; the backward
+kernels write dy · f'(x).
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
-from alpha.symbio.program import FLAG_AT, HEADER, LINEAR_AT, PAIRS_AT
+from alpha.symbio.program import (
+    FLAG_AT,
+    GELU_AT,
+    HEADER,
+    N_SLOPE_ROWS_AT,
+    N_VALUE_ROWS_AT,
+    ROW,
+    SILU_AT,
+    SLOPE_ROWS_AT,
+    VALUE_ROWS_AT,
+)
 
-FORWARD_BLOCK = 1024
+FORWARD_BLOCK = 1024  # the program kernels
 BACKWARD_BLOCK = 512
+FORM_BLOCK = 1024  # the quadratic-form kernels
+FORM_WARPS = 4
+PROGRAMS_PER_SM = 8  # the program kernels' grid: at most this many programs per SM, looping over tiles
 
 
 @triton.jit
@@ -76,61 +94,31 @@ def _put(s0, s1, s2, s3, s4, s5, s6, s7, i, v):
 
 
 @triton.jit
+def _gelu_tanh(x):
+    """tanh(√(2/π)·(x + 0.044715·x³)), GELU's inner tanh."""
+    return 2.0 * tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x)) - 1.0
+
+
+@triton.jit
+def _gelu_slope(x, t):
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+
+
+@triton.jit
 def _bases(x):
     """silu, relu, tanh-GELU, identity, square at x, and their derivatives."""
     sig = tl.sigmoid(x)
-    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    t = 2.0 * tl.sigmoid(2.0 * u) - 1.0  # tanh(u)
+    t = _gelu_tanh(x)
     b0 = x * sig
     b1 = tl.maximum(x, 0.0)
     b2 = 0.5 * x * (1.0 + t)
     b4 = x * x
     g0 = sig * (1.0 + x * (1.0 - sig))
     g1 = tl.where(x > 0.0, 1.0, 0.0)
-    g2 = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+    g2 = _gelu_slope(x, t)
     g3 = x * 0.0 + 1.0
     g4 = 2.0 * x
     return b0, b1, b2, x, b4, g0, g1, g2, g3, g4
-
-
-@triton.jit
-def _quadratic_value(p, b0, b1, b2, b3, b4, LIN: tl.constexpr, PAIR: tl.constexpr):
-    """Σ aᵢ·bᵢ + Σ_{i≤j} qᵢⱼ·bᵢ·bⱼ, as Σᵢ bᵢ·(aᵢ + Σ_{j≥i} qᵢⱼ·bⱼ); q in PAIRS order."""
-    r0 = tl.load(p + LIN) + tl.load(p + PAIR) * b0 + tl.load(p + PAIR + 1) * b1 + tl.load(p + PAIR + 2) * b2
-    r0 += tl.load(p + PAIR + 3) * b3 + tl.load(p + PAIR + 4) * b4
-    r1 = tl.load(p + LIN + 1) + tl.load(p + PAIR + 5) * b1 + tl.load(p + PAIR + 6) * b2
-    r1 += tl.load(p + PAIR + 7) * b3 + tl.load(p + PAIR + 8) * b4
-    r2 = tl.load(p + LIN + 2) + tl.load(p + PAIR + 9) * b2 + tl.load(p + PAIR + 10) * b3
-    r2 += tl.load(p + PAIR + 11) * b4
-    r3 = tl.load(p + LIN + 3) + tl.load(p + PAIR + 12) * b3 + tl.load(p + PAIR + 13) * b4
-    r4 = tl.load(p + LIN + 4) + tl.load(p + PAIR + 14) * b4
-    return b0 * r0 + b1 * r1 + b2 * r2 + b3 * r3 + b4 * r4
-
-
-@triton.jit
-def _quadratic_slope(p, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, LIN: tl.constexpr, PAIR: tl.constexpr):
-    """Σₖ gₖ·∂f/∂bₖ, with ∂f/∂bₖ = aₖ + 2qₖₖ·bₖ + Σ_{j≠k} q_{kj}·bⱼ."""
-    q00 = tl.load(p + PAIR)
-    q01 = tl.load(p + PAIR + 1)
-    q02 = tl.load(p + PAIR + 2)
-    q03 = tl.load(p + PAIR + 3)
-    q04 = tl.load(p + PAIR + 4)
-    q11 = tl.load(p + PAIR + 5)
-    q12 = tl.load(p + PAIR + 6)
-    q13 = tl.load(p + PAIR + 7)
-    q14 = tl.load(p + PAIR + 8)
-    q22 = tl.load(p + PAIR + 9)
-    q23 = tl.load(p + PAIR + 10)
-    q24 = tl.load(p + PAIR + 11)
-    q33 = tl.load(p + PAIR + 12)
-    q34 = tl.load(p + PAIR + 13)
-    q44 = tl.load(p + PAIR + 14)
-    d0 = tl.load(p + LIN) + 2.0 * q00 * b0 + q01 * b1 + q02 * b2 + q03 * b3 + q04 * b4
-    d1 = tl.load(p + LIN + 1) + q01 * b0 + 2.0 * q11 * b1 + q12 * b2 + q13 * b3 + q14 * b4
-    d2 = tl.load(p + LIN + 2) + q02 * b0 + q12 * b1 + 2.0 * q22 * b2 + q23 * b3 + q24 * b4
-    d3 = tl.load(p + LIN + 3) + q03 * b0 + q13 * b1 + q23 * b2 + 2.0 * q33 * b3 + q34 * b4
-    d4 = tl.load(p + LIN + 4) + q04 * b0 + q14 * b1 + q24 * b2 + q34 * b3 + 2.0 * q44 * b4
-    return g0 * d0 + g1 * d1 + g2 * d2 + g3 * d3 + g4 * d4
 
 
 @triton.jit
@@ -219,47 +207,130 @@ def _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD
 
 
 @triton.jit
-def _forward_kernel(
-    x_ptr, y_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr,
-    FLAG: tl.constexpr, LIN: tl.constexpr, PAIR: tl.constexpr, HEAD: tl.constexpr,
-):  # fmt: skip
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_elements
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
-    if tl.load(prog_ptr + FLAG) != 0.0:
-        y = _quadratic_value(prog_ptr, b0, b1, b2, b3, b4, LIN, PAIR)
-    else:
-        y = _run_program(prog_ptr, x, b0, b1, b2, b3, b4, HEAD)
-    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+def _rows(
+    acc, prog_ptr, n_rows, outer0, outer1, outer2, outer3, outer4, b0, b1, b2, b3, b4, ROW: tl.constexpr
+):
+    """acc + Σ over the rows of outerₖ·(c + Σⱼ cⱼ·bⱼ), a row being (k, c, c₀..c₄)."""
+    for r in range(n_rows):
+        row = prog_ptr + r * ROW
+        k = tl.load(row).to(tl.int32)
+        affine = tl.load(row + 1) + tl.load(row + 2) * b0 + tl.load(row + 3) * b1 + tl.load(row + 4) * b2
+        affine += tl.load(row + 5) * b3 + tl.load(row + 6) * b4
+        acc += _pick(outer0, outer1, outer2, outer3, outer4, k) * affine
+    return acc
 
 
 @triton.jit
-def _backward_kernel(
-    dy_ptr, x_ptr, dx_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr,
-    FLAG: tl.constexpr, LIN: tl.constexpr, PAIR: tl.constexpr, HEAD: tl.constexpr,
+def _form_kernel(
+    x_ptr, dy_ptr, out_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr, SLOPE: tl.constexpr,
+    FLAG: tl.constexpr, SILU: tl.constexpr, GELU: tl.constexpr, N_ROWS: tl.constexpr,
+    ROWS: tl.constexpr, ROW: tl.constexpr,
 ):  # fmt: skip
+    """f(x) (SLOPE false) or dy·f′(x) by the quadratic form's rows (value or slope rows: only those
+    with a nonzero coefficient are in the buffer). silu and GELU, an exponential and a division
+    each, are computed only when the form uses them. Their switches and the row count are run-time
+    trip counts of loops, not ``if`` tests: the compiler turns a test into selects and computes
+    both sides, but keeps a loop it cannot bound as a branch. Does nothing unless the buffer's flag
+    says the program has a form."""
+    # every load first, so that their latencies overlap: a tile is short and the kernel is bound
+    # by latency, not bandwidth (x and dy are read for nothing when the program kernel does the work)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n_elements
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
-    if tl.load(prog_ptr + FLAG) != 0.0:
-        slope = _quadratic_slope(prog_ptr, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, LIN, PAIR)
-    else:
-        slope = _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD)
-    tl.store(dx_ptr + offs, (dy * slope).to(dx_ptr.dtype.element_ty), mask=mask)
+    if SLOPE:
+        dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    flag = tl.load(prog_ptr + FLAG)
+    use_silu = tl.load(prog_ptr + SILU).to(tl.int32)
+    use_gelu = tl.load(prog_ptr + GELU).to(tl.int32)
+    n_rows = tl.load(prog_ptr + N_ROWS).to(tl.int32)  # the value or the slope rows (by the launch)
+    if flag != 0.0:  # else the program kernel writes the output
+        zero = x * 0.0
+        b0 = zero  # silu
+        g0 = zero
+        for _ in range(use_silu):
+            sig = tl.sigmoid(x)
+            b0 = x * sig
+            g0 = sig * (1.0 + x * (1.0 - sig))
+        b2 = zero  # tanh-GELU
+        g2 = zero
+        for _ in range(use_gelu):
+            t = _gelu_tanh(x)
+            b2 = 0.5 * x * (1.0 + t)
+            if SLOPE:
+                g2 = _gelu_slope(x, t)
+        b1 = tl.maximum(x, 0.0)  # relu
+        b4 = x * x  # square; b3 is x
+        if SLOPE:
+            g1 = tl.where(x > 0.0, 1.0, 0.0)
+            s = _rows(zero, prog_ptr + ROWS, n_rows, g0, g1, g2, zero + 1.0, 2.0 * x, b0, b1, b2, x, b4, ROW)
+            tl.store(out_ptr + offs, (dy * s).to(out_ptr.dtype.element_ty), mask=mask)
+        else:
+            y = _rows(zero, prog_ptr + ROWS, n_rows, b0, b1, b2, x, b4, b0, b1, b2, x, b4, ROW)
+            tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-_LAYOUT = {"FLAG": FLAG_AT, "LIN": LINEAR_AT, "PAIR": PAIRS_AT, "HEAD": HEADER}
+@triton.jit
+def _program_forward_kernel(
+    x_ptr, y_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr, FLAG: tl.constexpr, HEAD: tl.constexpr
+):
+    if tl.load(prog_ptr + FLAG) == 0.0:  # else the form kernel writes y
+        for start in range(tl.program_id(0) * BLOCK, n_elements, tl.num_programs(0) * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n_elements
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
+            y = _run_program(prog_ptr, x, b0, b1, b2, b3, b4, HEAD)
+            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _program_backward_kernel(
+    dy_ptr, x_ptr, dx_ptr, prog_ptr, n_elements, BLOCK: tl.constexpr, FLAG: tl.constexpr, HEAD: tl.constexpr
+):
+    if tl.load(prog_ptr + FLAG) == 0.0:
+        for start in range(tl.program_id(0) * BLOCK, n_elements, tl.num_programs(0) * BLOCK):
+            offs = start + tl.arange(0, BLOCK)
+            mask = offs < n_elements
+            x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+            b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x)
+            slope = _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD)
+            tl.store(dx_ptr + offs, (dy * slope).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+_FORM = {"FLAG": FLAG_AT, "SILU": SILU_AT, "GELU": GELU_AT, "ROW": ROW}
+_VALUE_ROWS = {"N_ROWS": N_VALUE_ROWS_AT, "ROWS": VALUE_ROWS_AT}
+_SLOPE_ROWS = {"N_ROWS": N_SLOPE_ROWS_AT, "ROWS": SLOPE_ROWS_AT}
+_PROGRAM = {"FLAG": FLAG_AT, "HEAD": HEADER}
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":  # Triton's interpreter
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _programs(n: int, block: int, device: torch.device) -> tuple[int]:
+    """The grid of the program kernels, which loop over tiles: enough programs to fill the GPU, at
+    most one a tile. Most programs run as their form, so these kernels usually find the flag set
+    and return; a few hundred empty programs cost 1.7 µs where one per tile cost 22 µs."""
+    return (min(triton.cdiv(n, block), PROGRAMS_PER_SM * _sm_count(device)),)
 
 
 def forward(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
+    """Both kernels are launched (a captured step serves every program); the buffer's flag makes
+    exactly one of them write y."""
     x = x.contiguous()
     y = torch.empty_like(x)
     n = x.numel()
     if n:
-        _forward_kernel[(triton.cdiv(n, FORWARD_BLOCK),)](x, y, program, n, BLOCK=FORWARD_BLOCK, **_LAYOUT)
+        _form_kernel[(triton.cdiv(n, FORM_BLOCK),)](
+            x, x, y, program, n, BLOCK=FORM_BLOCK, SLOPE=False, num_warps=FORM_WARPS, **_FORM, **_VALUE_ROWS
+        )
+        _program_forward_kernel[_programs(n, FORWARD_BLOCK, x.device)](
+            x, y, program, n, BLOCK=FORWARD_BLOCK, **_PROGRAM
+        )
     return y
 
 
@@ -268,7 +339,10 @@ def backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.
     dx = torch.empty_like(x)
     n = x.numel()
     if n:
-        _backward_kernel[(triton.cdiv(n, BACKWARD_BLOCK),)](
-            dy, x, dx, program, n, BLOCK=BACKWARD_BLOCK, **_LAYOUT
+        _form_kernel[(triton.cdiv(n, FORM_BLOCK),)](
+            x, dy, dx, program, n, BLOCK=FORM_BLOCK, SLOPE=True, num_warps=FORM_WARPS, **_FORM, **_SLOPE_ROWS
+        )
+        _program_backward_kernel[_programs(n, BACKWARD_BLOCK, x.device)](
+            dy, x, dx, program, n, BLOCK=BACKWARD_BLOCK, **_PROGRAM
         )
     return dx

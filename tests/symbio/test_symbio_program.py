@@ -12,11 +12,18 @@ from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale, evaluat
 from alpha.symbio.mutate import mutate
 from alpha.symbio.program import (
     FLAG_AT,
+    GELU_AT,
     HEADER,
+    N_SLOPE_ROWS_AT,
+    N_VALUE_ROWS_AT,
     OP_ADD,
     OP_MUL,
     OP_SCALE,
     PAIRS,
+    ROW,
+    SILU_AT,
+    SLOPE_ROWS_AT,
+    VALUE_ROWS_AT,
     ProgramTooLarge,
     buffer_size,
     encode,
@@ -77,6 +84,26 @@ def test_sums_and_products_of_two_sums_have_a_quadratic_form() -> None:
     cubic = Mul(SEED_FORMULA, Basis("silu"))
     assert quadratic_form(cubic) is None
     assert program_tensor(cubic, capacity=10)[FLAG_AT] == 0.0  # runs the instructions
+
+
+def test_the_form_keeps_only_the_rows_and_bases_the_graph_uses() -> None:
+    relu, gelu, sq = (BASIS_OPS.index(op) for op in ("relu", "gelu", "square"))
+    buffer = program_tensor(SEED_FORMULA, capacity=10)  # relu·(gelu) + gelu·(0.04·sq)
+    value_rows = buffer[VALUE_ROWS_AT : VALUE_ROWS_AT + int(buffer[N_VALUE_ROWS_AT]) * ROW].view(-1, ROW)
+    assert value_rows[:, 0].tolist() == [relu, gelu]
+    assert value_rows[0, 2 + gelu] == 1.0 and value_rows[1, 2 + sq] == pytest.approx(0.04)
+    assert value_rows[:, 1].abs().sum() == 0 and value_rows[:, 2:].count_nonzero() == 2
+    # f′ = relu′·gelu + gelu′·(relu + 0.04·sq) + sq′·0.04·gelu
+    assert buffer[SLOPE_ROWS_AT : SLOPE_ROWS_AT + int(buffer[N_SLOPE_ROWS_AT]) * ROW : ROW].tolist() == [
+        relu,
+        gelu,
+        sq,
+    ]
+    assert (buffer[SILU_AT], buffer[GELU_AT]) == (0.0, 1.0)  # silu is not computed
+    relu_only = program_tensor(Scale(Basis("relu"), 2.0), capacity=10)
+    assert (relu_only[N_VALUE_ROWS_AT], relu_only[N_SLOPE_ROWS_AT]) == (1.0, 1.0)
+    assert (relu_only[SILU_AT], relu_only[GELU_AT]) == (0.0, 0.0)
+    assert relu_only[VALUE_ROWS_AT : VALUE_ROWS_AT + ROW].tolist() == [relu, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("graph", [SEED_FORMULA, *random_graphs(24)], ids=str)
