@@ -4,7 +4,7 @@ During a search every candidate brings a new activation graph. Compiled as code,
 own kernel behind a graph break and, on CUDA, its own capture of the whole step graph. Compiled as
 data, a graph is a short postfix program over the five basis functions, written into a fixed
 buffer that one op, ``alpha::program_activation``, reads: the model and the captured step stay the
-same from one candidate to the next (the seed's search: 1.229M against 1.127M tokens/s on an H200,
+same from one candidate to the next (the seed's search: 1.34M against 1.07M tokens/s on an H200,
 docs/SYMBIO.md).
 
 A graph's program sits in a flat float32 buffer (``program_tensor``): the instruction count, a
@@ -16,9 +16,12 @@ dx = dy · f'(x) comes from the same instructions.
 
 Most graphs a search makes are sums of scaled basis functions and products of two such sums: a
 polynomial of degree at most two in the basis functions, f = Σ aᵢ·bᵢ + Σ_{i≤j} qᵢⱼ·bᵢ·bⱼ. For
-those the flag is set and the op evaluates the 20 coefficients of that form instead of running the
-program: a fixed sequence of multiply-adds, with no branch on the instructions (the interpreter's
-branches on opcode and stack slot are what make it slow on a GPU). Deeper products run the program.
+those the flag is set and the op evaluates that form instead of running the program (the
+interpreter's branches on opcode and stack slot are what make it slow on a GPU). The buffer holds
+the form as rows, bₖ·(c + Σⱼ cⱼ·bⱼ) for the value and gₖ·(c + Σⱼ cⱼ·bⱼ) for the slope, keeping only
+rows with a nonzero coefficient, and says whether silu and GELU are used at all: the seed graph
+(relu + 0.04·sq)·gelu is two value rows and three slope rows, and never computes silu. Deeper
+products run the program.
 
 On CUDA the op is two Triton kernels (``alpha.symbio.program_kernels``); elsewhere it is the
 PyTorch reference below, which the kernels are tested against.

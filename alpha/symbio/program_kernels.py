@@ -2,13 +2,14 @@
 
 Each direction has two kernels, both launched every time (one captured step serves every
 program); the buffer's flag makes exactly one of them do the work, so neither is compiled with
-the other's registers. The quadratic-form kernel evaluates the form's 20 coefficients with a fixed
-sequence of multiply-adds, and computes silu and tanh-GELU (an exponential and a division each)
-only when a coefficient uses them. The program kernel computes the five basis functions and runs
-the instructions: they are the same for every element, so the branches on opcode and stack
-position are uniform and the stack lives in registers (``STACK_SLOTS`` of them); its backward runs
-them on (value, derivative) pairs. Both compute in fp32 and store in x's dtype; the backward
-kernels write dy · f'(x).
+the other's registers. The form kernel evaluates the quadratic form's rows, one tile per program,
+with every load issued first (a tile is short, and the kernel is bound by latency more than by
+bandwidth) and silu and GELU computed only when the form uses them. The program kernel computes
+the five basis functions and runs the instructions: they are the same for every element, so the
+branches on opcode and stack position are uniform and the stack lives in registers
+(``STACK_SLOTS`` of them); its backward runs them on (value, derivative) pairs. It loops over
+tiles, so when the flag makes it return at once it costs a few hundred empty programs. Both
+compute in fp32 and store in x's dtype; the backward kernels write dy · f'(x).
 """
 
 from __future__ import annotations
