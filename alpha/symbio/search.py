@@ -172,7 +172,12 @@ class Fusion:
         self.shadow: list[torch.Tensor] = []
 
     def reset(self) -> None:
-        self.shadow = [p.detach().clone() for p in self.params]
+        """The shadow starts from the current weights (copied into the last shadow's buffers)."""
+        if len(self.shadow) == len(self.params):
+            with torch.no_grad():
+                torch._foreach_copy_(self.shadow, self.params)
+        else:
+            self.shadow = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
     def __call__(self) -> None:
@@ -233,6 +238,7 @@ class Search:
         self._compiled_acts = True
         self._program_acts = False  # the activations read their graph from a program buffer
         self._start_graph = base_graph(trainer.model_cfg)
+        self._snapshots: dict[str, Snapshot] = {}  # "base", "best": buffers reused by every generation
         self._fusion: Fusion | None = None
         if config.searching and config.fuse_weights_each_step:
             params = [p for p in trainer.model.parameters() if p.is_floating_point()]
@@ -284,7 +290,7 @@ class Search:
     def _run_generation(self) -> None:
         t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
         start, began = t.step, time.perf_counter()
-        base = t.snapshot()
+        base = self._snapshot("base")
         base_rng = t.rng_state()
         best: Candidate | None = None
         best_state: tuple[Snapshot, dict[str, torch.Tensor]] | None = None
@@ -304,7 +310,7 @@ class Search:
                 self._log_candidate(cand)
             if best is None or rank_key(cand, cfg.rank_by) < rank_key(best, cfg.rank_by):
                 best = cand
-                best_state = None if last else (t.snapshot(), t.rng_state())
+                best_state = None if last else (self._snapshot("best"), t.rng_state())
         assert best is not None
         eval_due = self._due(t.cfg.eval_interval, start)
         with self._closing_generation():
@@ -361,7 +367,7 @@ class Search:
         dist = torch.distributed
         rank, world = t.ctx.rank, t.ctx.world_size
         start, began = t.step, time.perf_counter()
-        base = t.snapshot()
+        base = self._snapshot("base")
         base_rng = t.rng_state()
         population = self.population
         mine = list(range(rank, len(population), world))
@@ -382,7 +388,7 @@ class Search:
                 cand.val_loss, cand.fitness = val, fitness(val, cand.graph, cfg)
                 if best_k is None or rank_key(cand, cfg.rank_by) < rank_key(population[best_k], cfg.rank_by):
                     best_k = k
-                    best_state = None if j == len(mine) - 1 else (t.snapshot(), t.rng_state())
+                    best_state = None if j == len(mine) - 1 else (self._snapshot("best"), t.rng_state())
             if best_state is not None:
                 t.restore(best_state[0])  # this rank's best, in case it is the winner
                 t.set_rng_state(best_state[1])
@@ -485,6 +491,7 @@ class Search:
     def _finish(self) -> None:
         """The search is over: the winner's graph (already installed) trains for the rest."""
         self.finished = True
+        self._snapshots.clear()
         self.population = []
         self.current = None
         self.monitor.switch()  # the winner's own speed and gradient scale from here on
@@ -510,6 +517,12 @@ class Search:
                 ]
             )
         )
+
+    def _snapshot(self, slot: str) -> Snapshot:
+        """The trainer's state, copied into this slot's buffers (allocated by the first use)."""
+        snap = self.trainer.snapshot(into=self._snapshots.get(slot))
+        self._snapshots[slot] = snap
+        return snap
 
     def _rewind(self, base: Snapshot, base_rng: dict[str, torch.Tensor], start: int) -> None:
         """A stop mid-generation: back to the generation's snapshot and step, so the checkpoint

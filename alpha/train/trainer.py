@@ -94,6 +94,31 @@ class Snapshot:
     guards: dict[str, torch.Tensor]
 
 
+def _snapshot_tensors(snap: Snapshot) -> list[torch.Tensor]:
+    """A snapshot's tensors in a fixed order: model state, optimizer state by parameter, guards."""
+    out = list(snap.model.values())
+    for state in snap.optimizer.values():
+        out += [state[k] for k in sorted(state)]
+    return out + list(snap.guards.values())
+
+
+def _same_layout(a: Snapshot, b: Snapshot) -> bool:
+    """Whether two snapshots hold the same tensors by name, shape and dtype (a copy between them is
+    one multi-tensor copy)."""
+    if (
+        list(a.model) != list(b.model)
+        or list(a.guards) != list(b.guards)
+        or list(a.optimizer) != list(b.optimizer)
+    ):
+        return False
+    if any(sorted(a.optimizer[n]) != sorted(b.optimizer[n]) for n in a.optimizer):
+        return False
+    return all(
+        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
+        for x, y in zip(_snapshot_tensors(a), _snapshot_tensors(b), strict=True)
+    )
+
+
 @dataclass
 class StepsSummary:
     steps: int
@@ -731,19 +756,36 @@ class Trainer:
             torch.distributed.broadcast(tensor, src=src)
 
     # ------------------------------------------------------------------ snapshots and checkpoints
-    def snapshot(self) -> Snapshot:
-        """Copies of weights, optimizer moments and guard state (all on the device)."""
+    def snapshot(self, into: Snapshot | None = None) -> Snapshot:
+        """Copies of weights, optimizer moments and guard state (all on the device). ``into``: an
+        earlier snapshot of this trainer to overwrite in place, with one multi-tensor copy instead of
+        an allocation and a kernel per tensor (a search takes one or two per candidate)."""
         self._flush()
+        live = self._live_state()
+        if into is not None and _same_layout(into, live):
+            with torch.no_grad():
+                torch._foreach_copy_(_snapshot_tensors(into), _snapshot_tensors(live))
+            into.step, into.tokens_seen = self.step, self.tokens_seen
+            return into
+        return Snapshot(
+            step=self.step,
+            tokens_seen=self.tokens_seen,
+            model={k: v.clone() for k, v in live.model.items()},
+            optimizer={
+                name: {k: v.clone() for k, v in state.items()} for name, state in live.optimizer.items()
+            },
+            guards={k: v.clone() for k, v in live.guards.items()},
+        )
+
+    def _live_state(self) -> Snapshot:
+        """The trainer's own tensors, laid out as a snapshot (not copies)."""
         names = self.param_names
         return Snapshot(
             step=self.step,
             tokens_seen=self.tokens_seen,
-            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
-            optimizer={
-                names[id(p)]: {k: v.clone() for k, v in state.items()}
-                for p, state in self.optimizer.state.items()
-            },
-            guards={k: v.clone() for k, v in self.guards.items()},
+            model={k: v.detach() for k, v in self.model.state_dict().items()},
+            optimizer={names[id(p)]: dict(state) for p, state in self.optimizer.state.items()},
+            guards=dict(self.guards),
         )
 
     def rng_state(self) -> dict[str, torch.Tensor]:
@@ -764,12 +806,13 @@ class Trainer:
         """Weights, optimizer and guards back to ``snap``, copied in place (captured CUDA graphs
         keep pointing at the same tensors); the global step keeps counting."""
         self._flush()
+        live = self._live_state()
         with torch.no_grad():
+            if _same_layout(snap, live):  # one multi-tensor copy
+                torch._foreach_copy_(_snapshot_tensors(live), _snapshot_tensors(snap))
+                return
             self.model.load_state_dict(snap.model)
-            for name, param in self.model.named_parameters():
-                state = self.optimizer.state.get(param)
-                if not state:
-                    continue
+            for name, state in live.optimizer.items():
                 saved = snap.optimizer.get(name)
                 for key, value in state.items():
                     if saved is None:  # the snapshot predates the first step: a fresh optimizer
