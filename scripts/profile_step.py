@@ -45,6 +45,8 @@ def main() -> None:
     p.add_argument("--activation-graph", default=None, help="JSON activation graph (composed)")
     p.add_argument("--activation-program", action="store_true", help="the graph as a search candidate")
     args = p.parse_args()
+    if args.activation_program and args.activation_graph is None:
+        p.error("--activation-program needs --activation-graph")
     graph = None if args.activation_graph is None else json.loads(args.activation_graph)
     model_cfg, cfg = resolve(
         {
@@ -96,7 +98,6 @@ def main() -> None:
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
     total = sum(e.self_device_time_total for e in events)
     print(f"total kernel time per step: {total / args.steps / 1000:.2f} ms")
-
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
         share = 100 * e.self_device_time_total / total
         print(

@@ -153,39 +153,47 @@ def _write_form(out: torch.Tensor, linear: list[float], pairs: list[float]) -> N
     q = [[0.0] * N_BASES for _ in range(N_BASES)]
     for c, (i, j) in zip(pairs, PAIRS, strict=True):
         q[i][j] = c
-    value_rows = [
-        (k, linear[k], [q[k][j] if j >= k else 0.0 for j in range(N_BASES)]) for k in range(N_BASES)
-    ]
-    slope_rows = [
-        (k, linear[k], [2 * q[k][k] if j == k else q[min(j, k)][max(j, k)] for j in range(N_BASES)])
-        for k in range(N_BASES)
-    ]
+    ks = range(N_BASES)
+    value_rows = _nonzero([(k, linear[k], [q[k][j] if j >= k else 0.0 for j in ks]) for k in ks])
+    slope_rows = _nonzero(
+        [(k, linear[k], [2 * q[k][k] if j == k else q[min(j, k)][max(j, k)] for j in ks]) for k in ks]
+    )
     for count_at, rows_at, rows in (
         (N_VALUE_ROWS_AT, VALUE_ROWS_AT, value_rows),
         (N_SLOPE_ROWS_AT, SLOPE_ROWS_AT, slope_rows),
     ):
-        kept = [row for row in rows if row[1] != 0.0 or any(row[2])]
-        out[count_at] = len(kept)
-        for r, (k, c, coefficients) in enumerate(kept):
+        out[count_at] = len(rows)
+        for r, (k, c, coefficients) in enumerate(rows):
             out[rows_at + r * ROW : rows_at + (r + 1) * ROW] = torch.tensor([k, c, *coefficients])
-    for switch_at, basis in ((SILU_AT, BASIS_OPS.index("silu")), (GELU_AT, BASIS_OPS.index("gelu"))):
-        used = linear[basis] != 0.0 or any(
-            c != 0.0 and basis in pair for c, pair in zip(pairs, PAIRS, strict=True)
-        )
-        out[switch_at] = float(used)
+    used = {k for k, _, _ in slope_rows}  # a basis in some term is one f has a slope row for
+    out[SILU_AT] = float(BASIS_OPS.index("silu") in used)
+    out[GELU_AT] = float(BASIS_OPS.index("gelu") in used)
 
 
-def _instructions(program: torch.Tensor) -> list[tuple[int, float]]:
-    values = program.tolist()
-    count = int(values[COUNT_AT])
-    body = values[HEADER : HEADER + 2 * count]
+def _nonzero(rows: list[tuple[int, float, list[float]]]) -> list[tuple[int, float, list[float]]]:
+    return [row for row in rows if row[1] != 0.0 or any(row[2])]
+
+
+def _instructions(values: list[float]) -> list[tuple[int, float]]:
+    body = values[HEADER : HEADER + 2 * int(values[COUNT_AT])]
     return [(int(op), c) for op, c in zip(body[0::2], body[1::2], strict=True)]
 
 
-def _form_rows(program: torch.Tensor, n_rows_at: int, rows_at: int) -> list[tuple[int, float, list[float]]]:
-    values = program.tolist()
+def _form_rows(values: list[float], n_rows_at: int, rows_at: int) -> list[tuple[int, float, list[float]]]:
     rows = [values[rows_at + r * ROW : rows_at + (r + 1) * ROW] for r in range(int(values[n_rows_at]))]
     return [(int(row[0]), row[1], row[2:]) for row in rows]
+
+
+def _rows_sum(
+    rows: list[tuple[int, float, list[float]]],
+    outer: tuple[torch.Tensor, ...],
+    bases: tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """Σ over the rows of outerₖ·(c + Σⱼ cⱼ·bⱼ)."""
+    total = torch.zeros_like(bases[0])
+    for k, c, coefficients in rows:
+        total = total + outer[k] * (c + sum(cj * bj for cj, bj in zip(coefficients, bases, strict=True)))
+    return total
 
 
 def _basis_and_slope(op: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,22 +216,13 @@ def _value_and_slope(x: torch.Tensor, program: torch.Tensor) -> tuple[torch.Tens
     """f(x) and f'(x) in fp32: the quadratic form and its derivative when the flag is set, else the
     program run on (value, derivative) pairs."""
     x32 = x.float()
-    if program[FLAG_AT].item() != 0.0:
+    values = program.tolist()
+    if values[FLAG_AT] != 0.0:
         bases, slopes = zip(*(_basis_and_slope(op, x32) for op in range(N_BASES)), strict=True)
-
-        def rows_sum(outer: tuple[torch.Tensor, ...], n_rows_at: int, rows_at: int) -> torch.Tensor:
-            total = torch.zeros_like(x32)
-            for k, c, coefficients in _form_rows(program, n_rows_at, rows_at):
-                total = total + outer[k] * (
-                    c + sum(cj * bj for cj, bj in zip(coefficients, bases, strict=True))
-                )
-            return total
-
-        return rows_sum(bases, N_VALUE_ROWS_AT, VALUE_ROWS_AT), rows_sum(
-            slopes, N_SLOPE_ROWS_AT, SLOPE_ROWS_AT
-        )
+        value = _rows_sum(_form_rows(values, N_VALUE_ROWS_AT, VALUE_ROWS_AT), bases, bases)
+        return value, _rows_sum(_form_rows(values, N_SLOPE_ROWS_AT, SLOPE_ROWS_AT), slopes, bases)
     stack = []
-    for op, c in _instructions(program):
+    for op, c in _instructions(values):
         if op < OP_SCALE:
             stack.append(_basis_and_slope(op, x32))
         elif op == OP_SCALE:

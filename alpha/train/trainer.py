@@ -94,29 +94,27 @@ class Snapshot:
     guards: dict[str, torch.Tensor]
 
 
+def _snapshot_items(snap: Snapshot) -> list[tuple[str, torch.Tensor]]:
+    """A snapshot's tensors by name, in a fixed order: model state, optimizer state by parameter,
+    guards."""
+    items = [(f"model.{k}", v) for k, v in snap.model.items()]
+    for name, state in snap.optimizer.items():
+        items += [(f"optimizer.{name}.{k}", state[k]) for k in sorted(state)]
+    return items + [(f"guard.{k}", v) for k, v in snap.guards.items()]
+
+
 def _snapshot_tensors(snap: Snapshot) -> list[torch.Tensor]:
-    """A snapshot's tensors in a fixed order: model state, optimizer state by parameter, guards."""
-    out = list(snap.model.values())
-    for state in snap.optimizer.values():
-        out += [state[k] for k in sorted(state)]
-    return out + list(snap.guards.values())
+    return [tensor for _, tensor in _snapshot_items(snap)]
 
 
 def _same_layout(a: Snapshot, b: Snapshot) -> bool:
-    """Whether two snapshots hold the same tensors by name, shape and dtype (a copy between them is
-    one multi-tensor copy)."""
-    if (
-        list(a.model) != list(b.model)
-        or list(a.guards) != list(b.guards)
-        or list(a.optimizer) != list(b.optimizer)
-    ):
-        return False
-    if any(sorted(a.optimizer[n]) != sorted(b.optimizer[n]) for n in a.optimizer):
-        return False
-    return all(
-        x.shape == y.shape and x.dtype == y.dtype and x.device == y.device
-        for x, y in zip(_snapshot_tensors(a), _snapshot_tensors(b), strict=True)
-    )
+    """Whether two snapshots hold the same tensors by name, shape, dtype and device (a copy between
+    them is one multi-tensor copy)."""
+
+    def layout(snap: Snapshot) -> list[tuple[str, torch.Size, torch.dtype, torch.device]]:
+        return [(name, t.shape, t.dtype, t.device) for name, t in _snapshot_items(snap)]
+
+    return layout(a) == layout(b)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import random
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale, evaluate, within_limits
 from alpha.symbio.mutate import mutate
@@ -156,10 +157,12 @@ def test_the_op_compiles_into_a_model_without_a_graph_break() -> None:
         return torch.ops.alpha.program_activation(h @ w, program).sum()
 
     h, w = torch.randn(8, 16), torch.randn(16, 32, requires_grad=True)
-    compiled = torch.compile(mlp, fullgraph=True)  # fullgraph: a break would raise
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(mlp, fullgraph=True, backend=counter)  # fullgraph: a break would raise
     torch.testing.assert_close(compiled(h, w), evaluate(SEED_FORMULA, h @ w).sum(), atol=1e-4, rtol=1e-4)
-    program.copy_(program_tensor(Basis("silu"), capacity=10))  # data, not code: no recompile needed
+    program.copy_(program_tensor(Basis("silu"), capacity=10))  # data, not code: no recompile
     torch.testing.assert_close(compiled(h, w), torch.nn.functional.silu(h @ w).sum(), atol=1e-4, rtol=1e-4)
+    assert counter.frame_count == 1
 
 
 @pytest.mark.gpu
