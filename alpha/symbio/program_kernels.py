@@ -157,42 +157,12 @@ def _bases(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _run_program(prog_ptr, x, b0, b1, b2, b3, b4, HEAD: tl.constexpr):
-    """The program's value: its instructions on a stack of STACK_SLOTS registers."""
-    s0 = x * 0.0
-    s1 = s0
-    s2 = s0
-    s3 = s0
-    s4 = s0
-    s5 = s0
-    s6 = s0
-    s7 = s0
-    sp = tl.program_id(0) * 0
-    n = tl.load(prog_ptr).to(tl.int32)
-    for pc in range(n):
-        op = tl.load(prog_ptr + HEAD + 2 * pc).to(tl.int32)
-        c = tl.load(prog_ptr + HEAD + 1 + 2 * pc)
-        if op < 5:
-            v = _pick(b0, b1, b2, b3, b4, op)
-            s0, s1, s2, s3, s4, s5, s6, s7 = _put(s0, s1, s2, s3, s4, s5, s6, s7, sp, v)
-            sp += 1
-        elif op == 5:
-            v = _get(s0, s1, s2, s3, s4, s5, s6, s7, sp - 1) * c
-            s0, s1, s2, s3, s4, s5, s6, s7 = _put(s0, s1, s2, s3, s4, s5, s6, s7, sp - 1, v)
-        else:
-            a = _get(s0, s1, s2, s3, s4, s5, s6, s7, sp - 2)
-            b = _get(s0, s1, s2, s3, s4, s5, s6, s7, sp - 1)
-            v = a + b
-            if op == 7:
-                v = a * b
-            s0, s1, s2, s3, s4, s5, s6, s7 = _put(s0, s1, s2, s3, s4, s5, s6, s7, sp - 2, v)
-            sp -= 1
-    return s0
-
-
-@triton.jit
-def _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD: tl.constexpr):
-    """The program's derivative: its instructions on (value, derivative) pairs."""
+def _run_program(
+    prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD: tl.constexpr, SLOPE: tl.constexpr
+):
+    """The program's value (SLOPE false) or derivative: its instructions on a stack of STACK_SLOTS
+    registers, holding (value, derivative) pairs for the derivative. Without SLOPE the derivative
+    stack (and the gₖ) is never read, so the compiler drops it."""
     v0 = x * 0.0
     v1 = v0
     v2 = v0
@@ -216,29 +186,40 @@ def _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD
         c = tl.load(prog_ptr + HEAD + 1 + 2 * pc)
         if op < 5:
             v = _pick(b0, b1, b2, b3, b4, op)
-            d = _pick(g0, g1, g2, g3, g4, op)
+            if SLOPE:
+                d = _pick(g0, g1, g2, g3, g4, op)
             v0, v1, v2, v3, v4, v5, v6, v7 = _put(v0, v1, v2, v3, v4, v5, v6, v7, sp, v)
-            d0, d1, d2, d3, d4, d5, d6, d7 = _put(d0, d1, d2, d3, d4, d5, d6, d7, sp, d)
+            if SLOPE:
+                d0, d1, d2, d3, d4, d5, d6, d7 = _put(d0, d1, d2, d3, d4, d5, d6, d7, sp, d)
             sp += 1
         elif op == 5:
             v = _get(v0, v1, v2, v3, v4, v5, v6, v7, sp - 1) * c
-            d = _get(d0, d1, d2, d3, d4, d5, d6, d7, sp - 1) * c
+            if SLOPE:
+                d = _get(d0, d1, d2, d3, d4, d5, d6, d7, sp - 1) * c
             v0, v1, v2, v3, v4, v5, v6, v7 = _put(v0, v1, v2, v3, v4, v5, v6, v7, sp - 1, v)
-            d0, d1, d2, d3, d4, d5, d6, d7 = _put(d0, d1, d2, d3, d4, d5, d6, d7, sp - 1, d)
+            if SLOPE:
+                d0, d1, d2, d3, d4, d5, d6, d7 = _put(d0, d1, d2, d3, d4, d5, d6, d7, sp - 1, d)
         else:
             va = _get(v0, v1, v2, v3, v4, v5, v6, v7, sp - 2)
             vb = _get(v0, v1, v2, v3, v4, v5, v6, v7, sp - 1)
-            da = _get(d0, d1, d2, d3, d4, d5, d6, d7, sp - 2)
-            db = _get(d0, d1, d2, d3, d4, d5, d6, d7, sp - 1)
+            if SLOPE:
+                da = _get(d0, d1, d2, d3, d4, d5, d6, d7, sp - 2)
+                db = _get(d0, d1, d2, d3, d4, d5, d6, d7, sp - 1)
             v = va + vb
-            d = da + db
+            if SLOPE:
+                d = da + db
             if op == 7:
                 v = va * vb
-                d = va * db + da * vb
+                if SLOPE:
+                    d = va * db + da * vb
             v0, v1, v2, v3, v4, v5, v6, v7 = _put(v0, v1, v2, v3, v4, v5, v6, v7, sp - 2, v)
-            d0, d1, d2, d3, d4, d5, d6, d7 = _put(d0, d1, d2, d3, d4, d5, d6, d7, sp - 2, d)
+            if SLOPE:
+                d0, d1, d2, d3, d4, d5, d6, d7 = _put(d0, d1, d2, d3, d4, d5, d6, d7, sp - 2, d)
             sp -= 1
-    return d0
+    if SLOPE:
+        return d0
+    else:
+        return v0
 
 
 @triton.jit
@@ -325,7 +306,7 @@ def _program_forward_kernel(
             mask = offs < n_elements
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x, FAST)
-            y = _run_program(prog_ptr, x, b0, b1, b2, b3, b4, HEAD)
+            y = _run_program(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD, SLOPE=False)
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -341,7 +322,7 @@ def _program_backward_kernel(
             x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + offs, mask=mask, other=0.0).to(tl.float32)
             b0, b1, b2, b3, b4, g0, g1, g2, g3, g4 = _bases(x, FAST)
-            slope = _run_program_slope(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD)
+            slope = _run_program(prog_ptr, x, b0, b1, b2, b3, b4, g0, g1, g2, g3, g4, HEAD, SLOPE=True)
             tl.store(dx_ptr + offs, (dy * slope).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
