@@ -339,15 +339,19 @@ class GraphActivation(nn.Module):
         self.register_buffer("program", program, persistent=False)
         self.set_graph(graph)
 
-    def set_graph(self, graph: Graph) -> None:
+    def set_graph(self, graph: Graph, program: torch.Tensor | None = None) -> None:
+        """``program``: the graph's program buffer, already built on the host (a search builds it
+        once for every block); copied without waiting when it is in pinned memory."""
         self.graph = graph
         self.name = graph_name(graph)
         self._fn = eager_function(graph)
         if self.program is not None:
             from alpha.symbio.program import capacity_of, program_tensor  # also registers the op
 
+            if program is None:
+                program = program_tensor(graph, capacity_of(self.program))
             with torch.no_grad():
-                self.program.copy_(program_tensor(graph, capacity_of(self.program)))
+                self.program.copy_(program, non_blocking=program.is_pinned())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swappable and self.program is not None:

@@ -58,11 +58,18 @@ from alpha.symbio.population import (
     rank_key,
     select_parents,
 )
-from alpha.symbio.program import STACK_SLOTS, encode, kernels_available, stack_depth
+from alpha.symbio.program import (
+    STACK_SLOTS,
+    capacity_of,
+    encode,
+    kernels_available,
+    program_tensor,
+    stack_depth,
+)
 from alpha.symbio.report import REPORT_FILE, SearchState, write_artifacts
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from alpha.train.trainer import Snapshot, StepsSummary, Trainer
 
@@ -257,6 +264,7 @@ class Search:
         if self.finished:
             return
         self._install()
+        trainer.compile_evaluation()  # every candidate is evaluated
         if not self.population:
             room = (trainer.cfg.iters - trainer.step) // self.steps_per_candidate
             self.population = self._founding_population(min(self.config.population_size, room))
@@ -288,39 +296,90 @@ class Search:
 
     # ------------------------------------------------------------------ one generation
     def _run_generation(self) -> None:
+        """Candidates one after another, pipelined so that the device never waits for the host:
+        candidate k's evaluation is queued behind its steps, and while it runs the host emits k's
+        step records, queues a copy of k's state into the scratch slot and candidate k + 1's
+        restore and activation; only then does it read k's validation loss. A new best swaps the
+        scratch and best slots (no copy)."""
         t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
         start, began = t.step, time.perf_counter()
         base = self._snapshot("base")
         base_rng = t.rng_state()
         best: Candidate | None = None
-        best_state: tuple[Snapshot, dict[str, torch.Tensor]] | None = None
+        best_rng: dict[str, torch.Tensor] | None = None  # with the state in the best slot
         population = self.population
+        self._load(population[0], base, base_rng, restore=False)
         for k, cand in enumerate(population):
             last = k == len(population) - 1
-            summary = self._train_candidate(cand, k > 0, base, base_rng, start, defer_flush=last)
+            self._begin(cand)
+            val_loss: list[torch.Tensor] = []
+            summary = self._train_window(cand, start, lambda v=val_loss: v.append(t.evaluate_on_device()))
             if summary.steps < steps:  # stopped mid-generation
                 self._rewind(base, base_rng, start)
                 return
             cand.steps = summary.steps
             cand.tokens_per_sec = summary.tokens_per_sec
-            cand.val_loss = t.evaluate()
+            if not last:
+                t.flush()  # k's records, while its evaluation runs
+                self._snapshot("scratch")
+                rng = t.rng_state()
+                self._load(population[k + 1], base, base_rng, restore=True)
+            cand.val_loss = float(val_loss[0])
             cand.fitness = fitness(cand.val_loss, cand.graph, cfg)
             if not last:
                 cand.best_loss = self._best_loss
                 self._log_candidate(cand)
             if best is None or rank_key(cand, cfg.rank_by) < rank_key(best, cfg.rank_by):
                 best = cand
-                best_state = None if last else (self._snapshot("best"), t.rng_state())
+                if not last:
+                    self._swap_best()
+                    best_rng = rng
         assert best is not None
         eval_due = self._due(t.cfg.eval_interval, start)
         with self._closing_generation():
             t.flush(val_loss=best.val_loss if eval_due else None)  # the last candidate's records
         population[-1].best_loss = self._best_loss
         self._log_candidate(population[-1])
-        if best_state is not None:
-            t.restore(best_state[0])
-            t.set_rng_state(best_state[1])
+        if best is not population[-1]:
+            assert best_rng is not None
+            t.restore(self._snapshots["best"])
+            t.set_rng_state(best_rng)
         self._adopt(population, best, start, began)
+
+    def _load(
+        self, cand: Candidate, base: Snapshot, base_rng: dict[str, torch.Tensor], *, restore: bool
+    ) -> None:
+        """Queue ``cand``'s start: the generation's snapshot (unless the trainer still holds it),
+        fresh moments if they are not carried, its activation and the fusion shadow."""
+        t = self.trainer
+        if restore:
+            t.restore(base)
+            t.set_rng_state(base_rng)
+        if not self.config.carry_optimizer_state_across_candidates:
+            _reset_moments(t.optimizer)
+        self._set_graph(cand.graph)
+        if self._fusion is not None:
+            self._fusion.reset()
+
+    def _train_window(
+        self, cand: Candidate, start: int, enqueue_after: Callable[[], None] | None = None
+    ) -> StepsSummary:
+        """Train the loaded ``cand`` for one window on the generation's batches and learning rates;
+        its records stay pending (``enqueue_after``: see ``Trainer.train_steps``)."""
+        fields = self._step_fields(cand)
+        trained_at = time.perf_counter()
+        summary = self.trainer.train_steps(
+            self.steps_per_candidate,
+            data_key=start,
+            schedule_start=start,
+            periodic=False,
+            step_fields=lambda _step, f=fields: dict(f),
+            after_step=self._fusion,
+            defer_flush=True,
+            enqueue_after=enqueue_after,
+        )
+        self.train_seconds += time.perf_counter() - trained_at
+        return summary
 
     def _train_candidate(
         self,
@@ -329,32 +388,13 @@ class Search:
         base: Snapshot,
         base_rng: dict[str, torch.Tensor],
         start: int,
-        *,
-        defer_flush: bool = False,
     ) -> StepsSummary:
         """Train ``cand`` for one window from the generation's snapshot (restored first unless the
         trainer still holds it), on the generation's batches and learning rates."""
-        t = self.trainer
-        if restore:
-            t.restore(base)
-            t.set_rng_state(base_rng)
-        if not self.config.carry_optimizer_state_across_candidates:
-            _reset_moments(t.optimizer)
-        self._activate(cand, log_population=len(self.population))
-        if self._fusion is not None:
-            self._fusion.reset()
-        fields = self._step_fields(cand)
-        trained_at = time.perf_counter()
-        summary = t.train_steps(
-            self.steps_per_candidate,
-            data_key=start,
-            schedule_start=start,
-            periodic=False,
-            step_fields=lambda _step, f=fields: dict(f),
-            after_step=self._fusion,
-            defer_flush=defer_flush,
-        )
-        self.train_seconds += time.perf_counter() - trained_at
+        self._load(cand, base, base_rng, restore=restore)
+        self._begin(cand)
+        summary = self._train_window(cand, start)
+        self.trainer.flush()
         return summary
 
     def _run_generation_spread(self) -> None:
@@ -428,7 +468,7 @@ class Search:
 
     def _adopt(self, population: list[Candidate], best: Candidate, start: int, began: float) -> None:
         """The winner's state is in place: install its graph, then close the generation."""
-        self._activate(best, announce=False)
+        self._activate(best)
         if self.winner is not None:
             self.winner.alive = False
         self.winner = best
@@ -497,6 +537,7 @@ class Search:
         self.monitor.switch()  # the winner's own speed and gradient scale from here on
         for act in self._acts:
             act.swappable = False  # a compiled model may now inline and fuse the winner
+        self.trainer.compile_evaluation(False)  # evals are rare again: no second compilation
         w = self.winner
         if w is None:
             return
@@ -523,6 +564,15 @@ class Search:
         snap = self.trainer.snapshot(into=self._snapshots.get(slot))
         self._snapshots[slot] = snap
         return snap
+
+    def _swap_best(self) -> None:
+        """The scratch slot holds the new best state: it becomes the best slot, the old best slot
+        the scratch one."""
+        slots = self._snapshots
+        scratch = slots.pop("scratch")
+        if "best" in slots:
+            slots["scratch"] = slots["best"]
+        slots["best"] = scratch
 
     def _rewind(self, base: Snapshot, base_rng: dict[str, torch.Tensor], start: int) -> None:
         """A stop mid-generation: back to the generation's snapshot and step, so the checkpoint
@@ -574,8 +624,9 @@ class Search:
         """Swap the graph in place: a compiled model is not retraced. With programs the captured
         CUDA step graph reads the new program from its buffer; with code the step is re-captured
         for a new graph's key (the activation sits behind a graph break)."""
+        program = self._host_program(graph)
         for act in self._acts:
-            act.set_graph(graph)
+            act.set_graph(graph, program)
         if self.trainer.graphed is not None and not self._program_acts:
             # an eager activation compiles nothing: its step graph is captured without warm-up
             self.trainer.graphed.invalidate(dumps(graph), warmup=self._compiled_acts)
@@ -585,8 +636,21 @@ class Search:
         else:
             mc.ffn_activation, mc.activation_graph = graph.op, None
 
-    def _activate(self, cand: Candidate, *, log_population: int | None = None, announce: bool = True) -> None:
+    def _host_program(self, graph: Graph) -> torch.Tensor | None:
+        """``graph``'s program buffer for every block, built once, in pinned memory on CUDA (the
+        copies to the blocks then queue without waiting for the device)."""
+        if not self._program_acts or not self._acts or self._acts[0].program is None:
+            return None
+        program = program_tensor(graph, capacity_of(self._acts[0].program))
+        return program.pin_memory() if self.trainer.device.type == "cuda" else program
+
+    def _activate(self, cand: Candidate) -> None:
+        """``cand``'s graph in every block, and the run's current candidate."""
         self._set_graph(cand.graph)
+        self._begin(cand, announce=False)
+
+    def _begin(self, cand: Candidate, *, announce: bool = True) -> None:
+        """``cand`` (its activation already loaded) is the candidate whose steps come next."""
         self.current = cand
         self._best_loss = math.inf
         self.monitor.switch()
@@ -594,7 +658,7 @@ class Search:
             params = self.trainer.model.num_params()
             self._say(
                 f"→ gen={cand.generation} candidate={cand.name} ({cand.id}) activation={cand.formula} "
-                f"params={params:,} pop={log_population} mut={self.mutation_rate:.3f}",
+                f"params={params:,} pop={len(self.population)} mut={self.mutation_rate:.3f}",
                 level="debug",
             )
 

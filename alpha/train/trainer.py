@@ -124,6 +124,19 @@ class StepsSummary:
 
 
 @dataclass
+class _StagedValues:
+    steps: int  # how many pending steps the copy holds
+    host: torch.Tensor  # (steps, values) in pinned memory, complete once ``done`` is
+    done: torch.cuda.Event
+
+
+def _window_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One evaluation forward; a function of its own so that its compiled form (see
+    ``Trainer.compile_evaluation``) has a code object, cache and shape history of its own."""
+    return model(x, y)
+
+
+@dataclass
 class _SampleRound:
     step: int
     trend: dict[str, Any] | None
@@ -239,6 +252,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.retention = Retention(ctx.run_dir, cfg.keep_checkpoints)
         self._pending: list[_PendingStep] = []
+        self._staged: _StagedValues | None = None  # the pending values on their way to host memory
+        self._window_loss: Callable[..., torch.Tensor] = _window_loss  # compile_evaluation() swaps it
         self._mark = time.perf_counter()
         self._warm: tuple[float, int] | None = None  # (time, tokens_seen) after the first interval
         self._stop_agreed = False
@@ -432,6 +447,7 @@ class Trainer:
         step_fields: Callable[[int], dict[str, Any]] | None = None,
         after_step: Callable[[], None] | None = None,
         defer_flush: bool = False,
+        enqueue_after: Callable[[], None] | None = None,
     ) -> StepsSummary:
         """Run up to ``n`` optimizer steps from the current state; each counts toward ``iters``.
 
@@ -440,8 +456,12 @@ class Trainer:
         of the global one. ``periodic``: run eval/samples/checkpoints when their interval is due.
         ``step_fields``: extra metric fields for each step record (given the global step).
         ``after_step``: called after each optimizer update (on-device work only, e.g. weight fusion).
-        ``defer_flush``: keep the last steps' records pending (the device is still synchronised, so
-        the throughput is right) until ``flush``, e.g. to attach a validation loss measured later.
+        ``defer_flush``: keep the last steps' records pending until ``flush``, e.g. to attach a
+        validation loss measured later; their values start for host memory behind the last step,
+        and the call returns once the steps are done (so the throughput is right).
+        ``enqueue_after`` (with ``defer_flush``, when all ``n`` steps ran): called once the last step
+        is queued, before waiting for it, to queue device work behind the steps (e.g.
+        ``evaluate_on_device``) that then runs while the caller emits the records.
         """
         t0, done = time.perf_counter(), 0
         for i in range(n):
@@ -460,7 +480,10 @@ class Trainer:
             if not (defer_flush and i == n - 1):
                 self._at_boundary(periodic)
         if defer_flush:
-            self._sync()
+            self._stage_pending()
+            if enqueue_after is not None and done == n:
+                enqueue_after()
+            self._wait_staged()
         else:
             self._flush()
         elapsed = max(time.perf_counter() - t0, 1e-9)
@@ -487,6 +510,25 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def _stage_pending(self) -> None:
+        """Queue a copy of the pending steps' values to pinned host memory right behind the steps,
+        so that ``_flush`` can read them without waiting for device work queued later."""
+        if self.device.type != "cuda" or not self._pending:
+            return
+        values = torch.stack([p.values for p in self._pending])
+        host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        self._staged = _StagedValues(len(self._pending), host, done)
+
+    def _wait_staged(self) -> None:
+        """Wait for the steps whose values are staged (all device work where none are)."""
+        if self._staged is not None:
+            self._staged.done.synchronize()
+        else:
+            self._sync()
+
     def flush(self, val_loss: float | None = None) -> None:
         """Emit the pending step records; ``val_loss`` (measured by the caller on the fixed val
         windows) is attached to the last one and recorded as an eval, as a periodic eval would be."""
@@ -496,10 +538,16 @@ class Trainer:
         """Read back pending step values in one transfer, emit their Step events (+ Eval)."""
         if not self._pending and not evaluate and val_loss is None:
             return
-        self._sync()
-        wall = time.perf_counter() - self._mark
+        staged, self._staged = self._staged, None
+        if staged is not None and staged.steps == len(self._pending):
+            staged.done.synchronize()  # the steps only, not device work queued after them
+            rows = staged.host.tolist()
+            wall = time.perf_counter() - self._mark
+        else:
+            self._sync()
+            wall = time.perf_counter() - self._mark
+            rows = torch.stack([p.values for p in self._pending]).tolist() if self._pending else []
         pending, self._pending = self._pending, []
-        rows = torch.stack([p.values for p in pending]).tolist() if pending else []
         if evaluate:
             val_loss = self.evaluate()
         if val_loss is not None and pending:
@@ -597,19 +645,37 @@ class Trainer:
         )
 
     # ------------------------------------------------------------------ eval and samples
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the fixed validation windows (the same windows at every eval), in the
-        few large forward passes of ``eval_chunks``."""
+        """Mean loss over the fixed validation windows (the same windows at every eval)."""
+        return float(self.evaluate_on_device())
+
+    @torch.no_grad()
+    def evaluate_on_device(self) -> torch.Tensor:
+        """``evaluate``'s loss as a device scalar, queued without waiting for it: the few large
+        forward passes of ``eval_chunks``."""
         self.model.eval()
         total = torch.zeros((), device=self.device)
         rows = 0
         for x, y in self._eval_chunks:
             with self.autocast():
-                total += self.model(x, y).float() * x.shape[0]
+                total += self._window_loss(self.model, x, y).float() * x.shape[0]
             rows += x.shape[0]
         self.model.train()
-        return float(total) / rows
+        return total.double() / rows
+
+    def compile_evaluation(self, enabled: bool = True) -> None:
+        """Evaluate through a compiled forward (``enabled``) or the eager model. A search evaluates
+        every candidate: on CUDA with ``--compile`` the compiled forward takes about half the time
+        (13.3 against 23.3 ms for the seed model's 10 windows on an H200) for one compilation of a
+        few seconds, taken now. Compiled for the current activations: switch back before they
+        change in a way a compiled model sees (e.g. a search's winner stops being swappable)."""
+        if not enabled:
+            self._window_loss = _window_loss
+            return
+        if self._window_loss is not _window_loss or not (self.cfg.compile and self.device.type == "cuda"):
+            return
+        self._window_loss = torch.compile(_window_loss, dynamic=False, options=compile_options(self.model))
+        self.evaluate()
 
     def sample(self) -> None:
         """Generate from the domain prompts. Inline (the default on CPU): now, while the loop waits.

@@ -121,3 +121,39 @@ def test_a_search_on_cuda_runs_its_candidates_as_programs(chat_file: Path, tmp_p
     for entry in summary["history"]:
         population = [r for r in records if r["generation"] == entry["generation"]]
         assert entry["winnerId"] == min(population, key=lambda r: r["valLoss"])["id"]
+
+
+def test_deferred_records_come_from_behind_the_steps_while_an_evaluation_runs(tmp_path: Path) -> None:
+    """``train_steps(defer_flush=True, enqueue_after=...)``: the steps' values are copied to host
+    memory right behind them, so the records can be emitted while a queued evaluation runs; they
+    equal the ordinary path's records, the queued loss equals ``evaluate()``, and the compiled
+    evaluation (a search's) agrees with the eager one."""
+    from alpha.events import EventBus, Step
+    from tests.conftest import Recorder
+
+    recorders = [Recorder(), Recorder()]
+    deferred, plain = (
+        tiny_trainer(tmp_path / name, bus=EventBus([rec]), device="cuda", compile=True, log_every=100)
+        for name, rec in zip("dp", recorders, strict=True)
+    )
+    queued: list[torch.Tensor] = []
+    summary = deferred.train_steps(
+        5, defer_flush=True, enqueue_after=lambda: queued.append(deferred.evaluate_on_device())
+    )
+    assert summary.steps == 5 and len(queued) == 1
+    assert [e.step for e in recorders[0].events if isinstance(e, Step)] == [1]  # 2-5 still pending
+    deferred.flush()
+    plain.train_steps(5)
+    rows = [
+        [(e.step, e.metrics["loss"], e.metrics["gradNorm"]) for e in r.events if isinstance(e, Step)]
+        for r in recorders
+    ]
+    assert [r[0] for r in rows[0]] == [r[0] for r in rows[1]] == [1, 2, 3, 4, 5]
+    for (_, loss_a, norm_a), (_, loss_b, norm_b) in zip(*rows, strict=True):
+        assert loss_a == pytest.approx(loss_b, rel=1e-5) and norm_a == pytest.approx(norm_b, rel=1e-4)
+    eager = deferred.evaluate()
+    assert float(queued[0]) == pytest.approx(eager, abs=1e-6)
+    deferred.compile_evaluation()
+    assert deferred.evaluate() == pytest.approx(eager, rel=2e-3)
+    deferred.compile_evaluation(False)
+    assert deferred.evaluate() == pytest.approx(eager, abs=1e-6)

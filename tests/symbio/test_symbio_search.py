@@ -12,7 +12,7 @@ import torch
 
 from alpha.cli import build_parser
 from alpha.config import domain_for
-from alpha.events import EventBus, SymbioGeneration
+from alpha.events import EventBus, Step, SymbioGeneration
 from alpha.model.gpt import GPT
 from alpha.symbio.graph import Basis, GraphActivation, Scale, to_json
 from alpha.symbio.search import Fusion, attach_search, effective_rank
@@ -103,6 +103,50 @@ def test_bad_candidates_never_win_and_ranking_uses_trained_val_losses(chat_file,
     fresh.train_steps(10, data_key=0, schedule_start=0, periodic=False)
     assert gen.candidates[0]["name"] == "0-Alpha"
     assert fresh.evaluate() == pytest.approx(gen.candidates[0]["valLoss"], abs=1e-6)
+
+
+PIPELINE = {"searchMode": "composed-activation-search", "populationSize": 5, "generations": 1,
+            "stepsPerCandidate": 6, "mutationRate": 0.0, "populationAdaptation": False,
+            "fuseWeightsEachStep": True, "fusionShadowEma": 0.3, "fusionMaxStrength": 0.2}  # fmt: skip
+
+
+def test_the_pipelined_generation_equals_a_serial_one(chat_file, tmp_path):
+    """The generation loop reorders work (evaluation queued behind the steps, records emitted and
+    the next candidate loaded before the val loss is read, the best state kept by swapping slots):
+    its losses, step records and final weights equal a plain serial loop's built from the
+    trainer's primitives: restore, train, evaluate, keep the best state."""
+    founders = [Basis("identity"), Basis("relu"), Basis("gelu"), Basis("silu"), ZERO_FFN]
+    args = ("--iters", "30", "--seed", "3")
+    trainer, collect = make_trainer(chat_file, tmp_path / "search", PIPELINE, *args)
+    search = attach_search(trainer, trainer.cfg.symbio_config, founders=founders)
+    trainer.fit()
+    (gen,) = generations(collect)
+
+    ref, ref_collect = make_trainer(chat_file, tmp_path / "serial", PIPELINE, *args)
+    params = [p for p in ref.model.parameters() if p.is_floating_point()]
+    fusion = Fusion(params, PIPELINE["fusionShadowEma"], PIPELINE["fusionMaxStrength"])
+    base = ref.snapshot()
+    vals, states = [], []
+    for graph in founders:
+        ref.restore(base)
+        ref.set_activation(lambda g=graph: GraphActivation(g), to_json(graph))
+        fusion.reset()
+        ref.train_steps(6, data_key=0, schedule_start=0, periodic=False, after_step=fusion)
+        vals.append(ref.evaluate())
+        states.append({k: v.clone() for k, v in ref.model.state_dict().items()})
+    winner = min(range(len(vals)), key=vals.__getitem__)
+
+    assert [c["valLoss"] for c in gen.candidates] == vals
+    assert 0 < winner < len(founders) - 1  # a best replaced once at least, then restored
+    assert search.winner is not None and search.winner.graph == founders[winner]
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, states[winner][name]), name
+
+    def steps(events: list) -> list[tuple]:
+        return [(e.step, e.metrics["loss"], e.metrics["gradNorm"]) for e in events if isinstance(e, Step)]
+
+    assert steps(collect.events) == steps(ref_collect.events)
+    assert len(steps(collect.events)) == 30
 
 
 SEARCH = {"searchMode": "composed-activation-search", "populationSize": 3, "generations": 3,
