@@ -296,55 +296,82 @@ class Search:
 
     # ------------------------------------------------------------------ one generation
     def _run_generation(self) -> None:
-        """Candidates one after another, pipelined so that the device never waits for the host:
-        candidate k's evaluation is queued behind its steps, and while it runs the host emits k's
-        step records, queues a copy of k's state into the scratch slot and candidate k + 1's
-        restore and activation; only then does it read k's validation loss. A new best swaps the
-        scratch and best slots (no copy)."""
-        t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
+        t = self.trainer
         start, began = t.step, time.perf_counter()
         base = self._snapshot("base")
         base_rng = t.rng_state()
-        best: Candidate | None = None
-        best_rng: dict[str, torch.Tensor] | None = None  # with the state in the best slot
         population = self.population
-        self._load(population[0], base, base_rng, restore=False)
-        for k, cand in enumerate(population):
-            last = k == len(population) - 1
-            self._begin(cand)
-            val_loss: list[torch.Tensor] = []
-            summary = self._train_window(cand, start, lambda v=val_loss: v.append(t.evaluate_on_device()))
-            if summary.steps < steps:  # stopped mid-generation
-                self._rewind(base, base_rng, start)
-                return
-            cand.steps = summary.steps
-            cand.tokens_per_sec = summary.tokens_per_sec
-            if not last:
-                t.flush()  # k's records, while its evaluation runs
-                self._snapshot("scratch")
-                rng = t.rng_state()
-                self._load(population[k + 1], base, base_rng, restore=True)
-            cand.val_loss = float(val_loss[0])
-            cand.fitness = fitness(cand.val_loss, cand.graph, cfg)
-            if not last:
-                cand.best_loss = self._best_loss
-                self._log_candidate(cand)
-            if best is None or rank_key(cand, cfg.rank_by) < rank_key(best, cfg.rank_by):
-                best = cand
-                if not last:
-                    self._swap_best()
-                    best_rng = rng
-        assert best is not None
+        outcome = self._train_in_turn(list(range(len(population))), base, base_rng, start, spread=False)
+        if outcome is None:  # stopped mid-generation
+            self._rewind(base, base_rng, start)
+            return
+        best_k, best_rng = outcome
+        best = population[best_k]
         eval_due = self._due(t.cfg.eval_interval, start)
         with self._closing_generation():
             t.flush(val_loss=best.val_loss if eval_due else None)  # the last candidate's records
         population[-1].best_loss = self._best_loss
         self._log_candidate(population[-1])
-        if best is not population[-1]:
-            assert best_rng is not None
+        if best_rng is not None:
             t.restore(self._snapshots["best"])
             t.set_rng_state(best_rng)
         self._adopt(population, best, start, began)
+
+    def _train_in_turn(
+        self,
+        order: list[int],
+        base: Snapshot,
+        base_rng: dict[str, torch.Tensor],
+        start: int,
+        *,
+        spread: bool,
+    ) -> tuple[int, dict[str, torch.Tensor] | None] | None:
+        """Train the candidates ``population[k]`` for k in ``order`` one after another, each from the
+        generation's snapshot, and measure their val losses. Pipelined so that the device never
+        waits for the host: candidate k's evaluation is queued behind its steps, and while it runs
+        the host emits k's step records, queues a copy of k's state into the scratch slot and the
+        next candidate's restore and activation; only then does it read k's val loss. A new best
+        swaps the scratch and best slots (no copy).
+
+        Returns the best k and, unless it is the last one trained (whose state is live), the RNG
+        state that goes with the best slot; None when a stop cut a window short. ``spread``: this
+        rank trains its share alone (``Trainer.local_steps``): candidates keep a one-process
+        search's step numbers, every record is flushed, and the caller logs the candidates. Else
+        the last candidate's records stay pending, for the generation's closing flush."""
+        t, cfg, steps = self.trainer, self.config, self.steps_per_candidate
+        population = self.population
+        best_k: int | None = None
+        best_rng: dict[str, torch.Tensor] | None = None
+        self._load(population[order[0]], base, base_rng, restore=False)
+        for j, k in enumerate(order):
+            cand, last = population[k], j == len(order) - 1
+            if spread:
+                t.step = start + k * steps
+            self._begin(cand)
+            val_loss: list[torch.Tensor] = []
+            summary = self._train_window(cand, start, lambda v=val_loss: v.append(t.evaluate_on_device()))
+            if summary.steps < steps:
+                return None
+            cand.steps, cand.tokens_per_sec = summary.steps, summary.tokens_per_sec
+            if spread or not last:
+                t.flush()  # k's records, while its evaluation runs
+            if not last:
+                self._snapshot("scratch")
+                rng = t.rng_state()
+                self._load(population[order[j + 1]], base, base_rng, restore=True)
+            cand.val_loss = float(val_loss[0])
+            cand.fitness = fitness(cand.val_loss, cand.graph, cfg)
+            if spread or not last:
+                cand.best_loss = self._best_loss
+            if not spread and not last:
+                self._log_candidate(cand)
+            if best_k is None or rank_key(cand, cfg.rank_by) < rank_key(population[best_k], cfg.rank_by):
+                best_k, best_rng = k, None
+                if not last:
+                    self._swap_best()
+                    best_rng = rng
+        assert best_k is not None
+        return best_k, best_rng
 
     def _load(
         self, cand: Candidate, base: Snapshot, base_rng: dict[str, torch.Tensor], *, restore: bool
@@ -381,22 +408,6 @@ class Search:
         self.train_seconds += time.perf_counter() - trained_at
         return summary
 
-    def _train_candidate(
-        self,
-        cand: Candidate,
-        restore: bool,
-        base: Snapshot,
-        base_rng: dict[str, torch.Tensor],
-        start: int,
-    ) -> StepsSummary:
-        """Train ``cand`` for one window from the generation's snapshot (restored first unless the
-        trainer still holds it), on the generation's batches and learning rates."""
-        self._load(cand, base, base_rng, restore=restore)
-        self._begin(cand)
-        summary = self._train_window(cand, start)
-        self.trainer.flush()
-        return summary
-
     def _run_generation_spread(self) -> None:
         """One generation over several processes: rank r trains candidates r, r + N, ... alone
         (no all-reduce, the batches one process with this --batch would train on), every rank
@@ -411,27 +422,22 @@ class Search:
         base_rng = t.rng_state()
         population = self.population
         mine = list(range(rank, len(population), world))
-        results: dict[int, dict[str, float]] = {}
-        best_k: int | None = None
-        best_state: tuple[Snapshot, dict[str, torch.Tensor]] | None = None
-        stopped = False
+        outcome: tuple[int, dict[str, torch.Tensor] | None] | None = (0, None)
         with t.local_steps() as recorder:
-            for j, k in enumerate(mine):
-                cand = population[k]
-                t.step = start + k * steps  # the step numbers of a one-process search
-                summary = self._train_candidate(cand, j > 0, base, base_rng, start)
-                if summary.steps < steps:
-                    stopped = True
-                    break
-                val = t.evaluate()
-                results[k] = {"val": val, "tps": summary.tokens_per_sec, "best": self._best_loss}
-                cand.val_loss, cand.fitness = val, fitness(val, cand.graph, cfg)
-                if best_k is None or rank_key(cand, cfg.rank_by) < rank_key(population[best_k], cfg.rank_by):
-                    best_k = k
-                    best_state = None if j == len(mine) - 1 else (self._snapshot("best"), t.rng_state())
-            if best_state is not None:
-                t.restore(best_state[0])  # this rank's best, in case it is the winner
-                t.set_rng_state(best_state[1])
+            if mine:
+                outcome = self._train_in_turn(mine, base, base_rng, start, spread=True)
+            if outcome is not None and outcome[1] is not None:
+                t.restore(self._snapshots["best"])  # this rank's best, in case it is the winner
+                t.set_rng_state(outcome[1])
+        stopped = outcome is None
+        results = {
+            k: {
+                "val": population[k].val_loss,
+                "tps": population[k].tokens_per_sec,
+                "best": population[k].best_loss,
+            }
+            for k in ([] if stopped else mine)
+        }
         flag = torch.tensor([1.0 if stopped else 0.0], device=t.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         gathered: list[Any] = [None] * world
