@@ -244,6 +244,7 @@ class Search:
         self._acts: list[GraphActivation] = []
         self._compiled_acts = True
         self._program_acts = False  # the activations read their graph from a program buffer
+        self._rates_started = False  # a spread search has restarted the run's rate clocks
         self._start_graph = base_graph(trainer.model_cfg)
         self._snapshots: dict[str, Snapshot] = {}  # "base", "best": buffers reused by every generation
         self._fusion: Fusion | None = None
@@ -423,6 +424,7 @@ class Search:
         population = self.population
         mine = list(range(rank, len(population), world))
         outcome: tuple[int, dict[str, torch.Tensor] | None] | None = (0, None)
+        trained_before = self.train_seconds
         with t.local_steps() as recorder:
             if mine:
                 outcome = self._train_in_turn(mine, base, base_rng, start, spread=True)
@@ -443,6 +445,9 @@ class Search:
         gathered: list[Any] = [None] * world
         dist.all_gather_object(gathered, (results, recorder.events))
         records = [e for _, events in gathered for e in events]
+        # the ranks trained at once: the generation's training time is their common wall time
+        trained = time.perf_counter() - began
+        self.train_seconds = trained_before + trained
         if flag.item() > 0:  # some rank was stopped: the generation restarts on resume
             t.replay(records)
             self._rewind(base, base_rng, start)
@@ -471,6 +476,11 @@ class Search:
         for cand in population:
             self._log_candidate(cand)
         self._adopt(population, best, start, began)
+        if self._rates_started:
+            t.count_step_time(trained, sum(isinstance(e, Step) for e in records) * t.tokens_per_step // world)
+        else:  # every rank is past its compilation only now
+            t.restart_rate_clocks()
+            self._rates_started = True
 
     def _adopt(self, population: list[Candidate], best: Candidate, start: int, began: float) -> None:
         """The winner's state is in place: install its graph, then close the generation."""

@@ -553,7 +553,8 @@ class Trainer:
         if val_loss is not None and pending:
             pending[-1].extra["valLoss"] = val_loss
         per_step = wall / max(1, len(rows))
-        if rows and self._warm is not None:  # the first interval carries compilation: not a step rate
+        # the first interval carries compilation: not a step rate; a rank alone is timed by its caller
+        if rows and self._warm is not None and not self.local:
             self._step_seconds += wall
             self._tokens_timed += len(rows) * self.tokens_per_step
         for p, (loss, gnorm, clip, applied, spike, lr) in zip(pending, rows, strict=True):
@@ -807,6 +808,20 @@ class Trainer:
                 if math.isfinite(m["loss"]):
                     self._last_loss = m["loss"]
             self.bus.emit(event)
+
+    def count_step_time(self, seconds: float, tokens: int) -> None:
+        """Add steps timed by the caller to the run's step rate: ranks that trained alone at the
+        same time (a spread search generation), their tokens together over their common wall time."""
+        if self._warm is not None:
+            self._step_seconds += seconds
+            self._tokens_timed += tokens
+
+    def restart_rate_clocks(self) -> None:
+        """The run's rates count from now: when the first interval of this rank is not the end of
+        every rank's warm-up (ranks alone compile and capture at their own pace)."""
+        self._mark = time.perf_counter()
+        self._warm = (self._mark, self.tokens_seen)
+        self._step_seconds, self._tokens_timed = 0.0, 0
 
     def broadcast_state(self, src: int) -> None:
         """Every rank takes rank ``src``'s weights, AdamW moments and guards (in place)."""

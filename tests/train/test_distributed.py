@@ -134,3 +134,10 @@ def test_two_processes_spread_a_generation_over_ranks(
         best = min(pop, key=lambda r: r["valLoss"])
         assert summary["history"][gen]["winnerId"] == best["id"]
     assert "symbio winner:" in double.stdout
+    # the rates count every rank's candidate tokens over the ranks' common time, from the end of
+    # the first generation (each rank compiles at its own pace): the steps alone are never slower
+    # than the loop around them
+    events = [json.loads(line) for line in (tmp_path / "two" / "events.jsonl").read_text().splitlines()]
+    (end,) = [e for e in events if e.get("kind") == "training_complete"]
+    rates = end["payload"]
+    assert rates["tokensPerSec"] >= rates["loopTokensPerSec"] > 0, rates
