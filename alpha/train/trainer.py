@@ -457,8 +457,8 @@ class Trainer:
         ``step_fields``: extra metric fields for each step record (given the global step).
         ``after_step``: called after each optimizer update (on-device work only, e.g. weight fusion).
         ``defer_flush``: keep the last steps' records pending until ``flush``, e.g. to attach a
-        validation loss measured later; their values start for host memory behind the last step,
-        and the call returns once the steps are done (so the throughput is right).
+        validation loss measured later; their values are copied to host memory right behind the
+        last step, and the call returns once the steps are done (so the throughput is right).
         ``enqueue_after`` (with ``defer_flush``, when all ``n`` steps ran): called once the last step
         is queued, before waiting for it, to queue device work behind the steps (e.g.
         ``evaluate_on_device``) that then runs while the caller emits the records.
@@ -542,11 +542,10 @@ class Trainer:
         if staged is not None and staged.steps == len(self._pending):
             staged.done.synchronize()  # the steps only, not device work queued after them
             rows = staged.host.tolist()
-            wall = time.perf_counter() - self._mark
         else:
             self._sync()
-            wall = time.perf_counter() - self._mark
             rows = torch.stack([p.values for p in self._pending]).tolist() if self._pending else []
+        wall = time.perf_counter() - self._mark
         pending, self._pending = self._pending, []
         if evaluate:
             val_loss = self.evaluate()
