@@ -297,6 +297,9 @@ class Search:
 
     # ------------------------------------------------------------------ one generation
     def _run_generation(self) -> None:
+        """One generation in this process: every candidate in turn (``_train_in_turn``), then the
+        last candidate's records (with the winner's val loss when an eval is due) and the winner's
+        state, restored from the best slot unless it is the live one."""
         t = self.trainer
         start, began = t.step, time.perf_counter()
         base = self._snapshot("base")
