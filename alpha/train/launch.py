@@ -203,6 +203,19 @@ def init_distributed() -> tuple[int, int, int]:
     return rank, local_rank, world
 
 
+def check_gpus(gpus: int, backend: str) -> None:
+    """``--gpus N`` asks for N CUDA GPUs of this host: one clear line now (exit 2) when they are
+    not there, instead of N processes failing one by one. (Several CPU processes, e.g. for tests,
+    come from ``torchrun --nproc-per-node N -m alpha train`` with ``ALPHA_DIST_BACKEND=gloo``.)"""
+    if gpus <= 1:
+        return
+    if backend == "cpu":
+        raise ConfigError(f"--gpus {gpus} trains on {gpus} CUDA GPUs, but --backend is cpu")
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > have:
+        raise ConfigError(f"--gpus {gpus}: this host has {have} CUDA GPU{'' if have == 1 else 's'}")
+
+
 def exec_torchrun(gpus: int) -> None:
     """``alpha train --gpus N``: re-run this command under torchrun with N processes."""
     cmd = [
@@ -338,6 +351,7 @@ def exit_code(end: RunEnd, stop_signal: int | None, unhealthy_code: int | None) 
 def train_from_args(args: argparse.Namespace) -> int:
     plan = plan_from_args(args)
     if plan.train_cfg.gpus > 1 and "WORLD_SIZE" not in os.environ:
+        check_gpus(plan.train_cfg.gpus, plan.train_cfg.backend)
         exec_torchrun(plan.train_cfg.gpus)
     rank, local_rank, world = init_distributed()
     try:

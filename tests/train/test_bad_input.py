@@ -56,6 +56,17 @@ def test_chat_file_without_a_valid_conversation(files) -> None:
     assert_one_line_error(run_alpha(*train(files["no_conversation"])), "no valid conversation")
 
 
+def test_more_gpus_than_the_host_has(files) -> None:
+    """``--gpus N`` is checked before torchrun starts N processes (CI hosts have no GPU)."""
+    import torch
+
+    gpus = str(max(2, torch.cuda.device_count() + 1))
+    assert_one_line_error(run_alpha(*train(files["tiny"], "--gpus", gpus)), f"--gpus {gpus}: this host has")
+    assert_one_line_error(
+        run_alpha(*train(files["tiny"], "--gpus", "2", "--backend", "cpu")), "but --backend is cpu"
+    )
+
+
 def test_dim_not_divisible_by_heads(files) -> None:
     assert_one_line_error(run_alpha(*train(files["tiny"], "--dim", "30", "--heads", "4")), "not divisible")
 
