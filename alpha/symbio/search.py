@@ -246,7 +246,9 @@ class Search:
         self._program_acts = False  # the activations read their graph from a program buffer
         self._rates_started = False  # a spread search has restarted the run's rate clocks
         self._start_graph = base_graph(trainer.model_cfg)
-        self._snapshots: dict[str, Snapshot] = {}  # "base", "best": buffers reused by every generation
+        self._snapshots: dict[
+            str, Snapshot
+        ] = {}  # "base", "best", "scratch": buffers reused by every generation
         self._fusion: Fusion | None = None
         if config.searching and config.fuse_weights_each_step:
             params = [p for p in trainer.model.parameters() if p.is_floating_point()]
@@ -353,7 +355,10 @@ class Search:
                 t.step = start + k * steps
             self._begin(cand)
             val_loss: list[torch.Tensor] = []
+            trained_at = time.perf_counter()
             summary = self._train_window(cand, start, lambda v=val_loss: v.append(t.evaluate_on_device()))
+            if not spread:  # a spread generation counts its ranks' common wall time instead
+                self.train_seconds += time.perf_counter() - trained_at
             if summary.steps < steps:
                 return None
             cand.steps, cand.tokens_per_sec = summary.steps, summary.tokens_per_sec
@@ -398,8 +403,7 @@ class Search:
         """Train the loaded ``cand`` for one window on the generation's batches and learning rates;
         its records stay pending (``enqueue_after``: see ``Trainer.train_steps``)."""
         fields = self._step_fields(cand)
-        trained_at = time.perf_counter()
-        summary = self.trainer.train_steps(
+        return self.trainer.train_steps(
             self.steps_per_candidate,
             data_key=start,
             schedule_start=start,
@@ -409,8 +413,6 @@ class Search:
             defer_flush=True,
             enqueue_after=enqueue_after,
         )
-        self.train_seconds += time.perf_counter() - trained_at
-        return summary
 
     def _run_generation_spread(self) -> None:
         """One generation over several processes: rank r trains candidates r, r + N, ... alone
@@ -425,16 +427,15 @@ class Search:
         base = self._snapshot("base")
         base_rng = t.rng_state()
         population = self.population
-        mine = list(range(rank, len(population), world))
-        outcome: tuple[int, dict[str, torch.Tensor] | None] | None = (0, None)
-        trained_before = self.train_seconds
+        mine = list(range(rank, len(population), world))  # may be empty: more ranks than candidates
+        stopped = False
         with t.local_steps() as recorder:
             if mine:
                 outcome = self._train_in_turn(mine, base, base_rng, start, spread=True)
-            if outcome is not None and outcome[1] is not None:
-                t.restore(self._snapshots["best"])  # this rank's best, in case it is the winner
-                t.set_rng_state(outcome[1])
-        stopped = outcome is None
+                stopped = outcome is None
+                if outcome is not None and outcome[1] is not None:
+                    t.restore(self._snapshots["best"])  # this rank's best, in case it is the winner
+                    t.set_rng_state(outcome[1])
         results = {
             k: {
                 "val": population[k].val_loss,
@@ -450,7 +451,7 @@ class Search:
         records = [e for _, events in gathered for e in events]
         # the ranks trained at once: the generation's training time is their common wall time
         trained = time.perf_counter() - began
-        self.train_seconds = trained_before + trained
+        self.train_seconds += trained
         if flag.item() > 0:  # some rank was stopped: the generation restarts on resume
             t.replay(records)
             self._rewind(base, base_rng, start)
@@ -658,7 +659,7 @@ class Search:
     def _host_program(self, graph: Graph) -> torch.Tensor | None:
         """``graph``'s program buffer for every block, built once, in pinned memory on CUDA (the
         copies to the blocks then queue without waiting for the device)."""
-        if not self._program_acts or not self._acts or self._acts[0].program is None:
+        if not self._program_acts or not self._acts:
             return None
         program = program_tensor(graph, capacity_of(self._acts[0].program))
         return program.pin_memory() if self.trainer.device.type == "cuda" else program

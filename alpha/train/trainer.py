@@ -125,8 +125,7 @@ class StepsSummary:
 
 @dataclass
 class _StagedValues:
-    steps: int  # how many pending steps the copy holds
-    host: torch.Tensor  # (steps, values) in pinned memory, complete once ``done`` is
+    host: torch.Tensor  # (pending steps, values) in pinned memory, complete once ``done`` is
     done: torch.cuda.Event
 
 
@@ -515,12 +514,16 @@ class Trainer:
         so that ``_flush`` can read them without waiting for device work queued later."""
         if self.device.type != "cuda" or not self._pending:
             return
-        values = torch.stack([p.values for p in self._pending])
+        values = self._pending_values()
         host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)
         host.copy_(values, non_blocking=True)
         done = torch.cuda.Event()
         done.record()
-        self._staged = _StagedValues(len(self._pending), host, done)
+        self._staged = _StagedValues(host, done)
+
+    def _pending_values(self) -> torch.Tensor:
+        """The pending steps' values, one row each (on the device)."""
+        return torch.stack([p.values for p in self._pending])
 
     def _wait_staged(self) -> None:
         """Wait for the steps whose values are staged (all device work where none are)."""
@@ -539,12 +542,12 @@ class Trainer:
         if not self._pending and not evaluate and val_loss is None:
             return
         staged, self._staged = self._staged, None
-        if staged is not None and staged.steps == len(self._pending):
+        if staged is not None and len(staged.host) == len(self._pending):
             staged.done.synchronize()  # the steps only, not device work queued after them
             rows = staged.host.tolist()
         else:
             self._sync()
-            rows = torch.stack([p.values for p in self._pending]).tolist() if self._pending else []
+            rows = self._pending_values().tolist() if self._pending else []
         wall = time.perf_counter() - self._mark
         pending, self._pending = self._pending, []
         if evaluate:
