@@ -242,13 +242,19 @@ def _plain_loop(
     model: Any, data: Any, shape: dict, device: Any, precision: Any, args: argparse.Namespace, train_cfg: Any
 ) -> Any:
     """The reference probe: autocast forward, ``F.cross_entropy`` on fp32 logits, backward,
-    clip_grad_norm_, AdamW step; the model keeps an fp32 residual stream, as plain autocast does."""
+    clip_grad_norm_, AdamW step; the model keeps an fp32 residual stream, as plain autocast does,
+    and PyTorch's own GELU."""
     import contextlib
 
     import torch
     import torch.nn.functional as F
 
     from alpha.data.tokens import BatchSource
+    from alpha.model.activations import Elementwise, plain_gelu
+
+    for block in model.layers:
+        if isinstance(block.mlp.act, Elementwise) and block.mlp.act.name == "gelu":
+            block.mlp.act = Elementwise("gelu", plain_gelu)
 
     batches = BatchSource(data.train, shape["block"], shape["batch"], 0, 0)
     opt = torch.optim.AdamW(

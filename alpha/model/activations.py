@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpha.config import ModelConfig
+from alpha.model.gelu import kernels_available
 from alpha.model.linear import Linear
 from alpha.symbio.graph import GraphActivation, from_json
 
@@ -35,6 +36,13 @@ class Elementwise(nn.Module):
 
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    if kernels_available(x.device):
+        return torch.ops.alpha.gelu(x)  # Triton kernels forward and backward (alpha.model.gelu)
+    return F.gelu(x, approximate="tanh")
+
+
+def plain_gelu(x: torch.Tensor) -> torch.Tensor:
+    """PyTorch's own GELU (tanh approximation), compiled by Inductor like any pointwise op."""
     return F.gelu(x, approximate="tanh")
 
 

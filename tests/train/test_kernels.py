@@ -1,0 +1,46 @@
+"""The model's own ops: the PyTorch form everywhere, the Triton kernels on CUDA, each against
+the plain PyTorch maths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alpha.model.gelu import kernels_available
+
+
+def needs_kernels(test):  # type: ignore[no-untyped-def]
+    missing = not kernels_available(torch.device("cuda"))
+    return pytest.mark.gpu(pytest.mark.skipif(missing, reason="needs CUDA and Triton")(test))
+
+
+def test_the_gelu_op_is_torchs_tanh_gelu_in_value_and_gradient_eager_and_compiled() -> None:
+    x = torch.randn(7, 33, dtype=torch.float64) * 3
+    x1, x2, x3 = (x.clone().requires_grad_() for _ in range(3))
+    dy = torch.randn_like(x)
+    F.gelu(x1, approximate="tanh").backward(dy)
+    y2 = torch.ops.alpha.gelu(x2)
+    y2.backward(dy)
+    y3 = torch.compile(torch.ops.alpha.gelu, fullgraph=True)(x3)
+    y3.backward(dy)
+    torch.testing.assert_close(y2, F.gelu(x, approximate="tanh"))
+    torch.testing.assert_close(y3, y2)
+    torch.testing.assert_close(x2.grad, x1.grad)
+    torch.testing.assert_close(x3.grad, x1.grad)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gelu_kernels_stay_within_a_unit_in_the_last_place(dtype: torch.dtype) -> None:
+    x = (torch.linspace(-8, 8, 300_007, device="cuda") + 0.3 * torch.randn(300_007, device="cuda")).to(dtype)
+    dy = torch.randn_like(x)
+    xr = x.double().requires_grad_()
+    F.gelu(xr, approximate="tanh").backward(dy.double())
+    y = torch.ops.alpha.gelu(x)
+    dx = torch.ops.alpha.gelu_backward(dy, x)
+    assert y.dtype == dtype and dx.dtype == dtype
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-3, "rtol": 2**-7}
+    torch.testing.assert_close(y.double(), F.gelu(x.double(), approximate="tanh"), **tol)
+    slope_tol = tol if dtype == torch.float32 else tol | {"atol": 8e-3}
+    torch.testing.assert_close(dx.double(), xr.grad, **slope_tol)
