@@ -19,8 +19,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from alpha.model.kernel_support import kernels_available
 from alpha.symbio.graph import Add, Basis, Graph, Mul, Scale, evaluate
-from alpha.symbio.program import kernels_available, program_tensor
+from alpha.symbio.program import program_tensor
 
 GRAPHS: dict[str, Graph] = {
     "(relu+0.04·sq)×gelu": Mul(Add(Basis("relu"), Scale(Basis("square"), 0.04)), Basis("gelu")),

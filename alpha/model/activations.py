@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpha.config import ModelConfig
-from alpha.model.gelu import kernels_available
+from alpha.model.gelu import gelu as gelu_op
+from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import Linear
 from alpha.symbio.graph import GraphActivation, from_json
 
@@ -37,7 +38,7 @@ class Elementwise(nn.Module):
 
 def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     if kernels_available(x.device):
-        return torch.ops.alpha.gelu(x)  # Triton kernels forward and backward (alpha.model.gelu)
+        return gelu_op(x)  # Triton kernels forward and backward (alpha.model.gelu)
     return F.gelu(x, approximate="tanh")
 
 

@@ -11,27 +11,14 @@ PyTorch's ``F.gelu(x, approximate="tanh")`` and its derivative.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from alpha.model.kernel_support import kernels_available
+
 SQRT_2_OVER_PI = 0.7978845608028654
-
-
-@functools.cache
-def _triton_installed() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def kernels_available(device: torch.device) -> bool:
-    """Whether the op runs as Triton kernels here (CUDA with Triton); elsewhere PyTorch."""
-    return device.type == "cuda" and _triton_installed()
 
 
 @torch.library.custom_op("alpha::gelu", mutates_args=())

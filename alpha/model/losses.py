@@ -5,7 +5,9 @@ log-probabilities for its backward: a (tokens x vocab) fp32 tensor written once 
 twice the size of the logits (164 MB a step for the seed model at batch 20). ``cross_entropy``
 computes the same loss in fp32 from the logits in their own dtype, saves only the logits and the
 fp32 log-sum-exp of each row, and rebuilds ``softmax - one_hot`` in one pass in backward. Under
-``torch.compile`` the forward is one reduction and the backward one pointwise kernel.
+``torch.compile`` the backward is one pointwise kernel; on CUDA the forward is one Triton kernel
+(``alpha.model.loss_kernels``: each row read once, its target logit picked on the way), elsewhere
+``torch.logsumexp`` and a gather.
 """
 
 from __future__ import annotations
@@ -14,12 +16,38 @@ from typing import Any
 
 import torch
 
+from alpha.model.kernel_support import kernels_available
+
+MAX_KERNEL_VOCAB = 16384  # the kernel holds a row in registers
+
+
+@torch.library.custom_op("alpha::logsumexp_target", mutates_args=())
+def logsumexp_target(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp of each row of (N, V) logits, each row's target logit), both fp32."""
+    from alpha.model.loss_kernels import logsumexp_target as kernel
+
+    return kernel(logits if logits.stride(1) == 1 else logits.contiguous(), targets.contiguous())
+
+
+@logsumexp_target.register_fake
+def _(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return logits.new_empty(logits.shape[0], dtype=torch.float32), logits.new_empty(
+        logits.shape[0], dtype=torch.float32
+    )
+
+
+def _kernel_applies(logits: torch.Tensor) -> bool:
+    return kernels_available(logits.device) and logits.shape[1] <= MAX_KERNEL_VOCAB
+
 
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        lse = torch.logsumexp(logits.float(), dim=-1)
-        target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
+        if _kernel_applies(logits):
+            lse, target_logits = torch.ops.alpha.logsumexp_target(logits, targets)
+        else:
+            lse = torch.logsumexp(logits.float(), dim=-1)
+            target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
         ctx.save_for_backward(logits, targets, lse)
         return (lse - target_logits).mean()
 

@@ -285,17 +285,6 @@ def _backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor, None]:
 program_activation.register_autograd(_backward, setup_context=_setup_context)
 
 
-def kernels_available(device: torch.device) -> bool:
-    """Whether the op runs as kernels here (CUDA with Triton); elsewhere it is the reference."""
-    if device.type != "cuda":
-        return False
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def install_programs(trainer: Trainer, graph: Graph) -> None:
     """Every block's activation becomes ``graph`` as a program, the way a search runs its
     candidates (for ``alpha bench --activation-program`` and the step profile)."""

@@ -42,6 +42,7 @@ import torch
 from alpha.config import ModelConfig, TrainConfig
 from alpha.errors import ConfigError
 from alpha.events import Alert, Step, SymbioGeneration
+from alpha.model.kernel_support import kernels_available
 from alpha.symbio.config import SymbioConfig, from_wire, load_symbio_config
 from alpha.symbio.cusum import CusumMonitor
 from alpha.symbio.graph import Basis, Graph, GraphActivation, Mul, dumps, from_json, loads, to_json
@@ -62,7 +63,6 @@ from alpha.symbio.program import (
     STACK_SLOTS,
     capacity_of,
     encode,
-    kernels_available,
     program_tensor,
     stack_depth,
 )

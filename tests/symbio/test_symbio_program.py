@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
+from alpha.model.kernel_support import kernels_available
 from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale, evaluate, within_limits
 from alpha.symbio.mutate import mutate
 from alpha.symbio.program import (
@@ -28,7 +29,6 @@ from alpha.symbio.program import (
     ProgramTooLarge,
     buffer_size,
     encode,
-    kernels_available,
     program_tensor,
     quadratic_form,
     stack_depth,

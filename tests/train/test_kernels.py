@@ -1,5 +1,5 @@
-"""The model's own ops: the PyTorch form everywhere, the Triton kernels on CUDA, each against
-the plain PyTorch maths."""
+"""The model's own ops (GELU, the loss's log-sum-exp): the PyTorch form everywhere, the Triton
+kernels on CUDA, each against the plain PyTorch maths."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alpha.model.gelu import kernels_available
+import alpha.model.gelu  # noqa: F401  (registers alpha::gelu)
+from alpha.model.kernel_support import kernels_available
+from alpha.model.losses import cross_entropy
 
 
 def needs_kernels(test):  # type: ignore[no-untyped-def]
@@ -44,3 +46,20 @@ def test_the_gelu_kernels_stay_within_a_unit_in_the_last_place(dtype: torch.dtyp
     torch.testing.assert_close(y.double(), F.gelu(x.double(), approximate="tanh"), **tol)
     slope_tol = tol if dtype == torch.float32 else tol | {"atol": 8e-3}
     torch.testing.assert_close(dx.double(), xr.grad, **slope_tol)
+
+
+@needs_kernels
+def test_the_loss_kernel_reads_strided_logits_and_matches_torch() -> None:
+    full = torch.randn(3001, 4032, device="cuda", dtype=torch.bfloat16) * 4
+    logits = full[:, :4000]  # the head's output as Inductor pads it: row stride 4032
+    targets = torch.randint(0, 4000, (3001,), device="cuda")
+    lse, target_logit = torch.ops.alpha.logsumexp_target(logits, targets)
+    torch.testing.assert_close(lse, torch.logsumexp(logits.float(), dim=-1), atol=1e-4, rtol=1e-5)
+    assert torch.equal(target_logit, logits.gather(1, targets[:, None]).squeeze(1).float())
+    a = logits.float().requires_grad_()
+    b = logits.clone().requires_grad_()
+    F.cross_entropy(a, targets).backward()
+    loss = cross_entropy(b, targets)
+    loss.backward()
+    torch.testing.assert_close(loss, F.cross_entropy(logits.float(), targets), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(b.grad.float(), a.grad, atol=1e-6, rtol=2**-7)

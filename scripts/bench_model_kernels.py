@@ -1,0 +1,107 @@
+"""Time the model's Triton kernels against Inductor's compiled code for the same maths (CUDA).
+
+    python scripts/bench_model_kernels.py [--rows 10240 65536]
+
+GELU forward and backward on (rows, 1536) bf16 (the seed model's FFN at batch 20 and 128) and
+the loss's forward on (rows, 4000) bf16 logits with row stride 4032, as the step has them. Each
+figure is the time of one call inside a CUDA graph of 20 calls, replayed 20 times. The floors are
+the bytes each must move at 4.3 TB/s (an H200's measured copy rate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+
+BANDWIDTH = 4.3e12
+
+
+def graph_time(fn: Callable[[], object], calls: int = 20, replays: int = 20) -> float:
+    """Microseconds per call."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(calls):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (calls * replays)
+
+
+def _gelu_slope_reference(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    xf = x.float()
+    t = torch.tanh(0.7978845608028654 * (xf + 0.044715 * xf**3))
+    slope = 0.5 * (1 + t) + 0.5 * xf * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * xf * xf)
+    return (dy.float() * slope).to(x.dtype)
+
+
+def _loss_reference(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    return (lse - logits.gather(1, targets[:, None]).squeeze(1).float()).mean()
+
+
+def _report(
+    rows: int, ours: dict[str, Callable[..., object]], compiled: dict[str, Callable[..., object]]
+) -> None:
+    x = torch.randn(rows, 1536, device="cuda", dtype=torch.bfloat16) * 2
+    dy = torch.randn_like(x)
+    n = x.numel()
+    fwd = (graph_time(partial(ours["gelu"], x)), graph_time(partial(compiled["gelu"], x)))
+    bwd = (graph_time(partial(ours["slope"], dy, x)), graph_time(partial(compiled["slope"], dy, x)))
+    print(f"GELU, {rows} x 1536 bf16:")
+    _line("forward ", fwd, 4 * n)
+    _line("backward", bwd, 6 * n)
+    logits = (torch.randn(rows, 4032, device="cuda", dtype=torch.bfloat16) * 3)[:, :4000]
+    targets = torch.randint(0, 4000, (rows,), device="cuda")
+    loss = (
+        graph_time(partial(ours["loss"], logits, targets)),
+        graph_time(partial(compiled["loss"], logits, targets)),
+    )
+    print(f"loss, {rows} x 4000 bf16 logits:")
+    _line("forward ", loss, rows * 4000 * 2)
+
+
+def _line(label: str, times: tuple[float, float], nbytes: int) -> None:
+    floor = nbytes / BANDWIDTH * 1e6
+    print(f"  {label} ours {times[0]:7.1f} us | inductor {times[1]:7.1f} us | floor {floor:7.1f} us")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, nargs="+", default=[10240, 65536])
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_model_kernels: needs a CUDA GPU", file=sys.stderr)
+        raise SystemExit(2)
+    from alpha.model.gelu_kernels import gelu_backward, gelu_forward
+    from alpha.model.loss_kernels import logsumexp_target
+
+    ours = {"gelu": gelu_forward, "slope": gelu_backward, "loss": logsumexp_target}
+
+    compiled = {
+        "gelu": torch.compile(partial(F.gelu, approximate="tanh")),
+        "slope": torch.compile(_gelu_slope_reference),
+        "loss": torch.compile(_loss_reference),
+    }
+    for rows in args.rows:
+        _report(rows, ours, compiled)
+
+
+if __name__ == "__main__":
+    main()
