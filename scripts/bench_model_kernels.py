@@ -18,6 +18,9 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from alpha.model.gelu import reference_backward
+from alpha.model.losses import reference_logsumexp_target
+
 BANDWIDTH = 4.3e12
 
 
@@ -44,16 +47,9 @@ def graph_time(fn: Callable[[], object], calls: int = 20, replays: int = 20) -> 
     return start.elapsed_time(end) * 1000 / (calls * replays)
 
 
-def _gelu_slope_reference(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    xf = x.float()
-    t = torch.tanh(0.7978845608028654 * (xf + 0.044715 * xf**3))
-    slope = 0.5 * (1 + t) + 0.5 * xf * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * xf * xf)
-    return (dy.float() * slope).to(x.dtype)
-
-
 def _loss_reference(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    lse = torch.logsumexp(logits.float(), dim=-1)
-    return (lse - logits.gather(1, targets[:, None]).squeeze(1).float()).mean()
+    lse, target_logit = reference_logsumexp_target(logits, targets)
+    return (lse - target_logit).mean()
 
 
 def _report(
@@ -96,7 +92,7 @@ def main() -> None:
 
     compiled = {
         "gelu": torch.compile(partial(F.gelu, approximate="tanh")),
-        "slope": torch.compile(_gelu_slope_reference),
+        "slope": torch.compile(reference_backward),
         "loss": torch.compile(_loss_reference),
     }
     for rows in args.rows:

@@ -36,6 +36,14 @@ def _(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.
     )
 
 
+def reference_logsumexp_target(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``alpha::logsumexp_target`` in PyTorch (off CUDA, and the benchmarks' reference)."""
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    return lse, logits.gather(1, targets[:, None]).squeeze(1).float()
+
+
 def _kernel_applies(logits: torch.Tensor) -> bool:
     return kernels_available(logits.device) and logits.shape[1] <= MAX_KERNEL_VOCAB
 
@@ -46,8 +54,7 @@ class _CrossEntropy(torch.autograd.Function):
         if _kernel_applies(logits):
             lse, target_logits = torch.ops.alpha.logsumexp_target(logits, targets)
         else:
-            lse = torch.logsumexp(logits.float(), dim=-1)
-            target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
+            lse, target_logits = reference_logsumexp_target(logits, targets)
         ctx.save_for_backward(logits, targets, lse)
         return (lse - target_logits).mean()
 

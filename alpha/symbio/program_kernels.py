@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from alpha.model.fast_math import fast_mode, gelu_slope, gelu_tanh, sigmoid
 from alpha.symbio.program import (
     FLAG_AT,
     GELU_AT,
@@ -102,55 +103,17 @@ def _put(s0, s1, s2, s3, s4, s5, s6, s7, i, v):
 
 
 @triton.jit
-def _tanh_approx(u):
-    return tl.inline_asm_elementwise(
-        "tanh.approx.f32 $0, $1;", "=f,f", [u], dtype=tl.float32, is_pure=True, pack=1
-    )
-
-
-@triton.jit
-def _sigmoid(x, FAST: tl.constexpr):
-    """1 / (1 + e⁻ˣ), by the plain division (FAST 0: Triton's interpreter has no inline assembly),
-    the division by ``rcp.approx`` (1: within an ulp, for fp32 activations) or ½ + ½·tanh(x/2) by
-    ``tanh.approx`` (2: relative error within 2⁻¹¹, for 16-bit activations). Each special-function
-    instruction saved is one of the GPU's scarcest (16 a cycle on an SM against 128 multiply-adds)."""
-    if FAST == 2:
-        return 0.5 * _tanh_approx(0.5 * x) + 0.5
-    elif FAST == 1:
-        return tl.inline_asm_elementwise(
-            "rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + tl.exp(-x)], dtype=tl.float32, is_pure=True, pack=1
-        )
-    else:
-        return tl.sigmoid(x)
-
-
-@triton.jit
-def _gelu_tanh(x, FAST: tl.constexpr):
-    """tanh(√(2/π)·(x + 0.044715·x³)), GELU's inner tanh (``_sigmoid`` says what FAST does)."""
-    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    if FAST == 2:
-        return _tanh_approx(u)
-    else:
-        return 2.0 * _sigmoid(2.0 * u, FAST) - 1.0
-
-
-@triton.jit
-def _gelu_slope(x, t):
-    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
-
-
-@triton.jit
 def _bases(x, FAST: tl.constexpr):
     """silu, relu, tanh-GELU, identity, square at x, and their derivatives."""
-    sig = _sigmoid(x, FAST)
-    t = _gelu_tanh(x, FAST)
+    sig = sigmoid(x, FAST)
+    t = gelu_tanh(x, FAST)
     b0 = x * sig
     b1 = tl.maximum(x, 0.0)
     b2 = 0.5 * x * (1.0 + t)
     b4 = x * x
     g0 = sig * (1.0 + x * (1.0 - sig))
     g1 = tl.where(x > 0.0, 1.0, 0.0)
-    g2 = _gelu_slope(x, t)
+    g2 = gelu_slope(x, t)
     g3 = x * 0.0 + 1.0
     g4 = 2.0 * x
     return b0, b1, b2, x, b4, g0, g1, g2, g3, g4
@@ -274,16 +237,16 @@ def _form_kernel(
         b0 = zero  # silu
         g0 = zero
         for _ in range(use_silu):
-            sig = _sigmoid(x, FAST)
+            sig = sigmoid(x, FAST)
             b0 = x * sig
             g0 = sig * (1.0 + x * (1.0 - sig))
         b2 = zero  # tanh-GELU
         g2 = zero
         for _ in range(use_gelu):
-            t = _gelu_tanh(x, FAST)
+            t = gelu_tanh(x, FAST)
             b2 = 0.5 * x * (1.0 + t)
             if SLOPE:
-                g2 = _gelu_slope(x, t)
+                g2 = gelu_slope(x, t)
         b1 = tl.maximum(x, 0.0)  # relu
         b4 = x * x  # square; b3 is x
         if SLOPE:
@@ -339,15 +302,6 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _fast(x: torch.Tensor) -> int:
-    """How the kernels compute tanh and sigmoid for ``x`` (see ``_sigmoid``): ``tanh.approx`` when the
-    activations are 16-bit, whose own rounding (2⁻⁸) is coarser than its error; a reciprocal by
-    ``rcp.approx`` for fp32; the plain division under Triton's interpreter."""
-    if x.device.type != "cuda":
-        return 0
-    return 2 if x.element_size() == 2 else 1
-
-
 def _programs(n: int, block: int, device: torch.device) -> tuple[int]:
     """The grid of the program kernels, which loop over tiles: enough programs to fill the GPU, at
     most one a tile. Most programs run as their form, so these kernels usually find the flag set
@@ -362,7 +316,7 @@ def forward(x: torch.Tensor, program: torch.Tensor) -> torch.Tensor:
     y = torch.empty_like(x)
     n = x.numel()
     if n:
-        fast = _fast(x)
+        fast = fast_mode(x)
         _form_kernel[(triton.cdiv(n, FORM_BLOCK),)](
             x, x, y, program, n, BLOCK=FORM_BLOCK, SLOPE=False, FAST=fast, num_warps=FORM_WARPS,
             **_FORM, **_VALUE_ROWS,
@@ -378,7 +332,7 @@ def backward(dy: torch.Tensor, x: torch.Tensor, program: torch.Tensor) -> torch.
     dx = torch.empty_like(x)
     n = x.numel()
     if n:
-        fast = _fast(x)
+        fast = fast_mode(x)
         _form_kernel[(triton.cdiv(n, FORM_BLOCK),)](
             x, dy, dx, program, n, BLOCK=FORM_BLOCK, SLOPE=True, FAST=fast, num_warps=FORM_WARPS,
             **_FORM, **_SLOPE_ROWS,

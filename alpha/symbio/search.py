@@ -246,9 +246,8 @@ class Search:
         self._program_acts = False  # the activations read their graph from a program buffer
         self._rates_started = False  # a spread search has restarted the run's rate clocks
         self._start_graph = base_graph(trainer.model_cfg)
-        self._snapshots: dict[
-            str, Snapshot
-        ] = {}  # "base", "best", "scratch": buffers reused by every generation
+        # "base", "best", "scratch": buffers reused by every generation
+        self._snapshots: dict[str, Snapshot] = {}
         self._fusion: Fusion | None = None
         if config.searching and config.fuse_weights_each_step:
             params = [p for p in trainer.model.parameters() if p.is_floating_point()]
