@@ -21,9 +21,16 @@ from alpha.model.kernel_support import kernels_available
 MAX_KERNEL_VOCAB = 16384  # the kernel holds a row in registers
 
 
+def _kernel_applies(logits: torch.Tensor) -> bool:
+    return kernels_available(logits.device) and logits.shape[1] <= MAX_KERNEL_VOCAB
+
+
 @torch.library.custom_op("alpha::logsumexp_target", mutates_args=())
 def logsumexp_target(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logsumexp of each row of (N, V) logits, each row's target logit), both fp32."""
+    """(logsumexp of each row of (N, V) logits, each row's target logit), both fp32: the Triton
+    kernel where it applies, ``reference_logsumexp_target`` elsewhere."""
+    if not _kernel_applies(logits):
+        return reference_logsumexp_target(logits, targets)
     from alpha.model.loss_kernels import logsumexp_target as kernel
 
     return kernel(logits if logits.stride(1) == 1 else logits.contiguous(), targets.contiguous())
@@ -44,14 +51,10 @@ def reference_logsumexp_target(
     return lse, logits.gather(1, targets[:, None]).squeeze(1).float()
 
 
-def _kernel_applies(logits: torch.Tensor) -> bool:
-    return kernels_available(logits.device) and logits.shape[1] <= MAX_KERNEL_VOCAB
-
-
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if _kernel_applies(logits):
+        if _kernel_applies(logits):  # elsewhere traced PyTorch, which Inductor can fuse
             lse, target_logits = torch.ops.alpha.logsumexp_target(logits, targets)
         else:
             lse, target_logits = reference_logsumexp_target(logits, targets)

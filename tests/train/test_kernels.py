@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import alpha.model.gelu  # noqa: F401  (registers alpha::gelu)
 from alpha.model.kernel_support import kernels_available
-from alpha.model.losses import cross_entropy
+from alpha.model.losses import cross_entropy  # (and registers alpha::logsumexp_target)
 
 
 def needs_kernels(test):  # type: ignore[no-untyped-def]
@@ -30,6 +30,15 @@ def test_the_gelu_op_is_torchs_tanh_gelu_in_value_and_gradient_eager_and_compile
     torch.testing.assert_close(y3, y2)
     torch.testing.assert_close(x2.grad, x1.grad)
     torch.testing.assert_close(x3.grad, x1.grad)
+
+
+def test_the_loss_op_is_torchs_logsumexp_and_gather_off_cuda() -> None:
+    logits = (torch.randn(37, 132, dtype=torch.bfloat16) * 4)[:, :130]  # strided rows
+    targets = torch.randint(0, 130, (37,))
+    lse, target_logit = torch.ops.alpha.logsumexp_target(logits, targets)
+    assert lse.dtype == target_logit.dtype == torch.float32
+    torch.testing.assert_close(lse, torch.logsumexp(logits.float(), dim=-1))
+    assert torch.equal(target_logit, logits.float()[torch.arange(37), targets])
 
 
 @needs_kernels
