@@ -119,9 +119,16 @@ class WeightGradStream:
                 torch._foreach_copy_([s for s, _ in pairs], [w for _, w in pairs])
 
     def join(self) -> None:
-        """Make the current stream wait for every weight gradient launched so far."""
+        """Make the current stream wait for every weight gradient launched so far. A weight whose
+        layer took no part in the step since ``begin_step`` has its gradient zeroed, as a step
+        that starts from zeroed gradients would leave it."""
         if self.stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        for slot in self._fresh:
+            grad = self.linears[slot].weight.grad
+            if grad is not None:
+                grad.zero_()
+        self._fresh = set()
 
     def compute(self, slot: int, dy: torch.Tensor, x: torch.Tensor) -> None:
         """weight.grad of ``slot`` (+)= dyᵀ x, on the side stream; dy (N, out), x (N, in)."""

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from alpha.config import TrainConfig
+from alpha.train.adamw import AdamW
 
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm)
 
@@ -33,14 +34,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Fused AdamW (CPU and CUDA): the fused kernel also applies clipping and skips on device."""
-    return torch.optim.AdamW(
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> AdamW:
+    """Fused AdamW (CPU and CUDA; one Triton kernel where it runs): it also applies clipping and
+    skips on device (``grad_scale`` and ``found_inf``)."""
+    return AdamW(
         parameter_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
-        fused=True,
     )
 
 

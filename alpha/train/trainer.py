@@ -37,6 +37,7 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
+from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import WeightGradStream, compile_options
 from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
@@ -277,21 +278,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _bind_flat_gradients(self) -> None:
-        """With several processes, every gradient is a view into one flat buffer whose last slot
-        holds the step's loss: gradients and loss are averaged over ranks by a single all-reduce,
-        which (unlike DDP's autograd hooks) can be captured in a CUDA graph with the rest of the
-        step. One process needs no buffer: autograd's own gradients avoid an accumulate pass.
+        """Every gradient is a view into one flat buffer whose last slot holds the step's loss:
+        with several processes, so that gradients and loss are averaged over ranks by a single
+        all-reduce (which, unlike DDP's autograd hooks, can be captured in a CUDA graph with the
+        rest of the step); and wherever AdamW's kernel runs, which wants gradients that stay put
+        and whose norm is then one reduction. Otherwise (one process on the CPU) autograd's own
+        gradients avoid an accumulate pass. The gradients the weight-gradient stream overwrites
+        go last in the buffer, so that a step zeroes only the others.
         """
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.reduce_buffer: torch.Tensor | None = None
-        if self.ctx.world_size == 1:
+        self._zeroed_numel = 0  # the buffer's leading elements a step zeroes (the rest is overwritten)
+        if self.ctx.world_size == 1 and not kernels_available(self.device):
             return
-        total = sum(p.numel() for p in self.params)
+        overwritten = set()
+        if self.wgrad_stream is not None:
+            overwritten = {id(w) for w in self.wgrad_stream.weights.values()}
+        ordered = sorted(self.params, key=lambda p: id(p) in overwritten)  # stable
+        total = sum(p.numel() for p in ordered)
         self.reduce_buffer = torch.zeros(total + 1, device=self.device, dtype=torch.float32)
         offset = 0
-        for p in self.params:
+        for p in ordered:
             p.grad = self.reduce_buffer[offset : offset + p.numel()].view_as(p)
             offset += p.numel()
+        self._zeroed_numel = sum(p.numel() for p in ordered if id(p) not in overwritten)
 
     def _init_guards(self) -> None:
         f32 = {"device": self.device, "dtype": torch.float32}
@@ -333,7 +343,7 @@ class Trainer:
         cfg, g, k = self.cfg, self.guards, tokens.shape[0]
         buffer = self.reduce_buffer
         if buffer is not None:
-            buffer.zero_()
+            buffer[: self._zeroed_numel].zero_()
         else:
             for p in self.params:
                 p.grad = None
