@@ -77,11 +77,13 @@ class AdamW(torch.optim.AdamW):
             params.extend(group["params"])
         if not params or not kernels_available(params[0].device):
             return None
+        if any(p.grad is None or p.dtype != torch.float32 for p in params):
+            return None
         steps = []
         for p in params:
-            state = self.state.get(p)
-            if p.grad is None or not state or p.dtype != torch.float32:
-                return None
+            state = self.state[p]
+            if not state:
+                state.update(initial_state(p, on_device=True))
             steps.append(state["step"])
         return params, steps
 
@@ -110,6 +112,16 @@ class AdamW(torch.optim.AdamW):
                 torch.zeros((), dtype=torch.float32, device=device),
             )
         return self._constants[device]
+
+
+def initial_state(p: torch.Tensor, on_device: bool) -> dict[str, torch.Tensor]:
+    """AdamW's state for ``p`` before its first step, as PyTorch creates it (``step`` on the
+    device for the fused and capturable forms, ``on_device``)."""
+    return {
+        "step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else None),
+        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+    }
 
 
 def _same_lr(a: float | torch.Tensor, b: float | torch.Tensor) -> bool:

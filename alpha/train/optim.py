@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from alpha.config import TrainConfig
-from alpha.train.adamw import AdamW
+from alpha.train.adamw import AdamW, initial_state
 
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm)
 
@@ -52,12 +52,7 @@ def ensure_state(optimizer: torch.optim.Optimizer) -> None:
         for p in group["params"]:
             state = optimizer.state[p]
             if not state:
-                on_device = group.get("fused") or group.get("capturable")
-                state["step"] = (
-                    torch.zeros((), dtype=torch.float32, device=p.device) if on_device else torch.tensor(0.0)
-                )
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state.update(initial_state(p, on_device=bool(group.get("fused") or group.get("capturable"))))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -360,7 +360,7 @@ class Trainer:
             self.wgrad_stream.join()
         if buffer is not None:  # gradients and loss averaged over ranks in one collective
             buffer[-1:].copy_(loss_sum.reshape(1) / k)
-            if not self.local:
+            if not self.local and self.ctx.world_size > 1:
                 torch.distributed.all_reduce(buffer)
                 buffer.div_(self.ctx.world_size)
             loss_mean = buffer[-1]
