@@ -60,7 +60,8 @@ class AdamW(torch.optim.AdamW):
             float(beta2),
             float(group["eps"]),
         )
-        torch._foreach_add_(steps, one if found_inf is None else one - found_inf)
+        increment = one if found_inf is None else one - found_inf  # a skipped step is not counted
+        torch._foreach_add_(steps, [increment] * len(steps))  # tensors: no host read, capturable
         return None
 
     def _kernel_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
