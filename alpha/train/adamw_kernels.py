@@ -18,24 +18,34 @@ import triton.language as tl
 
 BLOCK = 4096
 WARPS = 8
+VECTOR = 4  # fp32 elements in a 16-byte access
 
 
 @triton.jit
 def _adamw_kernel(
     CHUNK_TENSOR, CHUNK_START, PARAMS, GRADS, EXP_AVGS, EXP_AVG_SQS, SHADOWS, NUMELS, DECAYS,
     LR, STEP, GRAD_SCALE, FOUND_INF, beta1, beta2, eps,
-    BLOCK: tl.constexpr, HAS_SHADOWS: tl.constexpr, SHADOW_DTYPE: tl.constexpr,
+    BLOCK: tl.constexpr, HAS_SHADOWS: tl.constexpr, SHADOW_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
 ):  # fmt: skip
     if tl.load(FOUND_INF) != 0.0:
         return
     pid = tl.program_id(0)
     t = tl.load(CHUNK_TENSOR + pid)
-    offsets = tl.load(CHUNK_START + pid) + tl.arange(0, BLOCK)
-    mask = offsets < tl.load(NUMELS + t)
+    start = tl.load(CHUNK_START + pid)
+    numel = tl.load(NUMELS + t)
     param = tl.load(PARAMS + t).to(tl.pointer_type(tl.float32))
     grad = tl.load(GRADS + t).to(tl.pointer_type(tl.float32))
     exp_avg = tl.load(EXP_AVGS + t).to(tl.pointer_type(tl.float32))
     exp_avg_sq = tl.load(EXP_AVG_SQS + t).to(tl.pointer_type(tl.float32))
+    if ALIGNED:  # what the compiler cannot see in addresses read from memory: 16-byte vectors
+        start = tl.multiple_of(start, BLOCK)
+        numel = tl.multiple_of(numel, VECTOR)
+        param = tl.multiple_of(param, 16)
+        grad = tl.multiple_of(grad, 16)
+        exp_avg = tl.multiple_of(exp_avg, 16)
+        exp_avg_sq = tl.multiple_of(exp_avg_sq, 16)
+    offsets = start + tl.arange(0, BLOCK)
+    mask = offsets < numel
 
     lr = tl.load(LR)
     step = tl.load(STEP) + 1.0  # the step being taken (the state holds the steps taken)
@@ -57,6 +67,8 @@ def _adamw_kernel(
         shadow_address = tl.load(SHADOWS + t)
         if shadow_address != 0:
             shadow = shadow_address.to(tl.pointer_type(SHADOW_DTYPE))
+            if ALIGNED:
+                shadow = tl.multiple_of(shadow, 8)
             tl.store(shadow + offsets, p.to(SHADOW_DTYPE), mask=mask)
 
 
@@ -102,6 +114,12 @@ class AdamWLaunch:
         self.chunk_tensor = on_device(chunk_tensor, torch.int32)
         self.chunk_start = on_device(chunk_start, torch.int64)
         self.block = block
+        # every tensor starts on a 16-byte boundary and holds whole vectors: vector accesses
+        self.aligned = (
+            all(n % VECTOR == 0 for n in numels)
+            and all(t.data_ptr() % 16 == 0 for group in tensors for t in group)
+            and all(s.data_ptr() % 8 == 0 for s in shadows if s is not None)
+        )
 
     def __call__(
         self,
@@ -118,5 +136,5 @@ class AdamWLaunch:
             self.chunk_tensor, self.chunk_start, *self.addresses, self.shadows, self.numels, self.decays,
             lr, step, grad_scale, found_inf, beta1, beta2, eps,
             BLOCK=self.block, HAS_SHADOWS=self.shadow_dtype is not None,
-            SHADOW_DTYPE=self.shadow_dtype or tl.bfloat16, num_warps=WARPS,
+            SHADOW_DTYPE=self.shadow_dtype or tl.bfloat16, ALIGNED=self.aligned, num_warps=WARPS,
         )  # fmt: skip

@@ -4,11 +4,15 @@ steps (``found_inf``), two groups with and without decay, and 16-bit shadows."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from alpha.model.kernel_support import kernels_available
+from alpha.model.linear import Linear
 from alpha.train.adamw import AdamW
+from tests.conftest import tiny_trainer
 
 SHAPES = [(384, 1152), (4000, 384), (384,), (7, 3), (1,)]
 BETAS, EPS, LR = (0.9, 0.95), 1e-8, 3e-3
@@ -131,3 +135,35 @@ def test_the_address_table_follows_a_gradient_that_moved() -> None:
     params[2].grad = torch.ones_like(params[2])  # a new tensor: the kernel must read it
     opt.step()
     assert not torch.equal(params[2], before)
+
+
+def test_where_the_optimizer_keeps_the_shadows_they_follow_steps_restores_and_fusion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trainer's hand-off on CUDA (played on the CPU under bf16 autocast, where AdamW's own
+    path copies the shadows): no refresh per step, and every other change of the weights
+    refreshes them."""
+    monkeypatch.setattr("alpha.train.trainer.kernels_available", lambda device: True)
+    t = tiny_trainer(tmp_path, precision=torch.bfloat16, wgrad_stream=True, lr=0.05, warmup_iters=1)
+    linears = [m for m in t.model.modules() if isinstance(m, Linear)]
+    assert t.optimizer.shadows and not t.wgrad_stream.refresh_each_step
+
+    def current() -> bool:
+        return all(torch.equal(m.weight_shadow, m.weight.detach().to(torch.bfloat16)) for m in linears)
+
+    assert current()
+    t.train_steps(1, periodic=False)  # optimizer state exists: restores take the one-copy path
+    snap = t.snapshot()
+    before = t.model.lm_head.weight_shadow.clone()
+    t.train_steps(3, periodic=False)
+    assert current() and not torch.equal(t.model.lm_head.weight_shadow, before)  # the steps moved them
+    t.restore(snap)
+    assert current() and torch.equal(t.model.lm_head.weight_shadow, before)
+
+    def halve() -> None:
+        with torch.no_grad():
+            for m in linears:
+                m.weight.mul_(0.5)
+
+    t.train_steps(2, periodic=False, after_step=halve)
+    assert current()
