@@ -111,17 +111,17 @@ def test_the_kernel_reads_the_lr_from_a_device_tensor_and_replays_in_a_cuda_grap
     for p, r, g in zip(params, reference, grads, strict=True):
         p.grad, r.grad = g, g.clone()
     opt.step()  # eager: state and address table
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        opt.step()
     ref_opt.step()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # recorded, not run
+        opt.step()
     for _ in range(3):
         graph.replay()
         ref_opt.step()
     torch.cuda.synchronize()
     for p, r in zip(params, reference, strict=True):
         torch.testing.assert_close(p, r, atol=1e-6, rtol=1e-5)
-    assert opt.state[params[0]]["step"].item() == 5
+    assert opt.state[params[0]]["step"].item() == 4
 
 
 @needs_kernels
