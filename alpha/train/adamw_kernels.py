@@ -12,6 +12,8 @@ layers' GEMMs read), the new weight is also stored there, rounded, so no copy pa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -26,6 +28,7 @@ def _adamw_kernel(
     CHUNK_TENSOR, CHUNK_START, PARAMS, GRADS, EXP_AVGS, EXP_AVG_SQS, SHADOWS, NUMELS, DECAYS,
     LR, STEP, GRAD_SCALE, FOUND_INF, beta1, beta2, eps,
     BLOCK: tl.constexpr, HAS_SHADOWS: tl.constexpr, SHADOW_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+    VECTOR: tl.constexpr,
 ):  # fmt: skip
     if tl.load(FOUND_INF) != 0.0:
         return
@@ -130,11 +133,13 @@ class AdamWLaunch:
         beta1: float,
         beta2: float,
         eps: float,
-    ) -> None:
-        """One AdamW step (``step``: the steps taken before this one; all 0-dim fp32 tensors)."""
-        _adamw_kernel[(self.chunk_tensor.numel(),)](
+    ) -> Any:
+        """One AdamW step (``step``: the steps taken before this one; all 0-dim fp32 tensors).
+        Returns Triton's compiled kernel (its PTX is in ``.asm["ptx"]``)."""
+        return _adamw_kernel[(self.chunk_tensor.numel(),)](
             self.chunk_tensor, self.chunk_start, *self.addresses, self.shadows, self.numels, self.decays,
             lr, step, grad_scale, found_inf, beta1, beta2, eps,
             BLOCK=self.block, HAS_SHADOWS=self.shadow_dtype is not None,
-            SHADOW_DTYPE=self.shadow_dtype or tl.bfloat16, ALIGNED=self.aligned, num_warps=WARPS,
+            SHADOW_DTYPE=self.shadow_dtype or tl.bfloat16, ALIGNED=self.aligned, VECTOR=VECTOR,
+            num_warps=WARPS,
         )  # fmt: skip

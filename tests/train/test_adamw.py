@@ -167,3 +167,23 @@ def test_where_the_optimizer_keeps_the_shadows_they_follow_steps_restores_and_fu
 
     t.train_steps(2, periodic=False, after_step=halve)
     assert current()
+
+
+@needs_kernels
+def test_aligned_tensors_get_16_byte_accesses_and_others_a_correct_scalar_kernel() -> None:
+    """The addresses come from memory, so only the hints of an aligned table let the compiler
+    use vector loads and stores; a table with an odd-sized tensor runs without them."""
+    from alpha.train.adamw_kernels import AdamWLaunch
+
+    for shapes, aligned in (([(384, 1152), (384,)], True), ([(384, 1152), (7, 3)], False)):
+        params = [torch.randn(s, device="cuda") for s in shapes]
+        grads = [torch.randn_like(p) for p in params]
+        state = [torch.zeros_like(p) for p in params for _ in range(2)]
+        launch = AdamWLaunch(
+            params, grads, state[0::2], state[1::2], [None] * len(params), [0.1] * len(params)
+        )
+        assert launch.aligned is aligned
+        one, zero = torch.ones((), device="cuda"), torch.zeros((), device="cuda")
+        compiled = launch(one * LR, zero, one, zero, *BETAS, EPS)
+        ptx = compiled.asm["ptx"]
+        assert ("ld.global.v4" in ptx) is aligned and ("st.global.v4" in ptx) is aligned
