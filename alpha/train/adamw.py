@@ -1,7 +1,7 @@
 """AdamW whose CUDA step is one Triton kernel over every parameter.
 
 ``torch.optim.AdamW(fused=True)`` launches one multi-tensor kernel per parameter group and
-reaches about 2.5 TB/s on an H200 for the seed model's 16M parameters; the kernel of
+moves the seed model's 488 MB of state (17.4M parameters) at 2.7 TB/s on an H200; the kernel of
 ``alpha.train.adamw_kernels`` covers both groups in one launch from a table of addresses, and can
 store the new weights' 16-bit shadows on the way (``shadows``), which saves the copy pass that
 would otherwise refresh them. The maths, the state (``step``, ``exp_avg``, ``exp_avg_sq`` per
@@ -9,6 +9,8 @@ parameter, PyTorch's layout) and the ``grad_scale`` / ``found_inf`` protocol are
 PyTorch's fused AdamW, which this class is and falls back to wherever the kernel does not apply:
 on the CPU, without Triton, with a closure, amsgrad or maximize, or while some parameter has no
 gradient. The table is rebuilt whenever a tensor moved (checked on every eager step, by address).
+The kernel reads the step count of the first parameter: all parameters step together, as they do
+under this class (every step updates all of them, or, skipped, none).
 """
 
 from __future__ import annotations
