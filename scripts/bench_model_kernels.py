@@ -3,8 +3,10 @@
     python scripts/bench_model_kernels.py [--rows 10240 65536] [--cold]
 
 GELU forward and backward on (rows, 1536) bf16 (the seed model's FFN at batch 20 and 128) and
-the loss's forward on (rows, 4000) bf16 logits with row stride 4032, as the step has them. Each
-figure is the time of one call inside a CUDA graph of 20 calls, replayed 20 times. The floors are
+the loss's forward on (rows, 4000) bf16 logits with row stride 4032, as the step has them; and
+one AdamW step over the seed model's parameters (``alpha.train.adamw`` against PyTorch's fused
+AdamW, without and with the linear weights' bf16 shadows: its 488 MB of state never fit in L2).
+Each figure is the time of one call inside a CUDA graph of 20 calls, replayed 20 times. The floors are
 the bytes each must move at 4.3 TB/s (an H200's measured copy rate). By default every call reads
 the same inputs, which at batch 20 may partly stay in L2 between calls; ``--cold`` goes round
 copies of them larger than L2 together, so that every call reads memory, as in a training step.
@@ -100,9 +102,36 @@ def _report(
     _line("forward ", loss, rows * 4000 * 2)
 
 
-def _line(label: str, times: tuple[float, float], nbytes: int) -> None:
+def _report_adamw() -> None:
+    from alpha.config import ModelConfig
+    from alpha.model.gpt import GPT
+    from alpha.model.linear import Linear
+    from alpha.train.adamw import AdamW
+    from alpha.train.optim import parameter_groups
+
+    model = GPT(ModelConfig(n_embd=384, n_head=8, n_layer=8, block_size=512, vocab_size=4000)).cuda()
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    n = sum(p.numel() for p in params)
+    lr = torch.tensor(3e-4, device="cuda")
+    kwargs = {"lr": lr, "betas": (0.9, 0.95), "eps": 1e-8, "weight_decay": 0.1}
+    theirs = torch.optim.AdamW(parameter_groups(model, 0.1), fused=True, capturable=True, **kwargs)
+    ours = AdamW(parameter_groups(model, 0.1), **kwargs)
+    for opt in (theirs, ours):
+        opt.grad_scale = torch.tensor(1.0, device="cuda")  # type: ignore[attr-defined]
+        opt.found_inf = torch.tensor(0.0, device="cuda")  # type: ignore[attr-defined]
+    print(f"AdamW, {n / 1e6:.2f}M parameters (the seed model):")
+    _line("step    ", (graph_time(ours.step, [()]), graph_time(theirs.step, [()])), 28 * n, "pytorch")
+    linears = [m.weight for m in model.modules() if isinstance(m, Linear)]
+    ours.shadows = {w: torch.empty_like(w, dtype=torch.bfloat16) for w in linears}
+    shadow_bytes = 2 * sum(w.numel() for w in linears)
+    _line("+shadows", (graph_time(ours.step, [()]), float("nan")), 28 * n + shadow_bytes, "pytorch")
+
+
+def _line(label: str, times: tuple[float, float], nbytes: int, other: str = "inductor") -> None:
     floor = nbytes / BANDWIDTH * 1e6
-    print(f"  {label} ours {times[0]:7.1f} us | inductor {times[1]:7.1f} us | floor {floor:7.1f} us")
+    print(f"  {label} ours {times[0]:7.1f} us | {other} {times[1]:7.1f} us | floor {floor:7.1f} us")
 
 
 def main() -> None:
@@ -125,6 +154,7 @@ def main() -> None:
     }
     for rows in args.rows:
         _report(rows, ours, compiled, args.cold)
+    _report_adamw()
 
 
 if __name__ == "__main__":

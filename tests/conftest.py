@@ -83,9 +83,12 @@ class Recorder:
         return [e for e in self.events if isinstance(e, Alert) and e.kind == kind]
 
 
-def tiny_trainer(tmp_path: Path, bus: Any = None, device: str = "cpu", **train: Any) -> Any:
+def tiny_trainer(
+    tmp_path: Path, bus: Any = None, device: str = "cpu", precision: Any = "auto", **train: Any
+) -> Any:
     """A Trainer of a 2-layer, 32-wide model on random tokens (vocab 50, block 16, batch 4), on the
-    CPU in fp32 or on CUDA under bf16 autocast; ``train`` overrides TrainConfig fields."""
+    CPU in fp32 or on CUDA under bf16 autocast (``precision``: another autocast dtype, or None);
+    ``train`` overrides TrainConfig fields."""
     import numpy as np
     import torch
 
@@ -112,7 +115,8 @@ def tiny_trainer(tmp_path: Path, bus: Any = None, device: str = "cpu", **train: 
     model_cfg.vocab_size = 50
     tokens = np.random.default_rng(0).integers(0, 50, 5000).astype(np.uint16)
     torch.manual_seed(0)
-    precision = torch.bfloat16 if device == "cuda" else None
+    if precision == "auto":
+        precision = torch.bfloat16 if device == "cuda" else None
     ctx = RunContext("tiny", tmp_path, torch.device(device), precision)
 
     class _Tokenizer:  # the trainer only reads the end-of-text id (samples are off)

@@ -78,6 +78,8 @@ class WeightGradStream:
         # with a dtype: every linear weight keeps a copy in it, refreshed by begin_step in one
         # multi-tensor kernel, which the forward uses instead of casting each weight on its own
         self.shadow_dtype = shadow_dtype
+        # False once something else (the optimizer) keeps the shadows current
+        self.refresh_each_step = True
         self.sm_count: int | None = None  # SMs the side stream's GEMMs may use; None: all of them
         self._carveout: int | None = None  # SMs they leave to the current stream
         if self.stream is not None and sm_count and hasattr(torch._C, "_set_sm_carveout_experimental"):
@@ -107,9 +109,11 @@ class WeightGradStream:
         return {slot: m.weight for slot, m in self.linears.items()}
 
     def begin_step(self) -> None:
-        """The next gradient of each weight overwrites ``weight.grad`` (a step's first micro-batch)."""
+        """The next gradient of each weight overwrites ``weight.grad`` (a step's first micro-batch);
+        the shadows are refreshed from the weights unless ``refresh_each_step`` is off."""
         self._fresh = set(self.linears)
-        self.refresh_shadows()
+        if self.refresh_each_step:
+            self.refresh_shadows()
 
     def refresh_shadows(self) -> None:
         """Copy every linear weight into its shadow (the weights changed since the last step)."""
@@ -119,9 +123,16 @@ class WeightGradStream:
                 torch._foreach_copy_([s for s, _ in pairs], [w for _, w in pairs])
 
     def join(self) -> None:
-        """Make the current stream wait for every weight gradient launched so far."""
+        """Make the current stream wait for every weight gradient launched so far. A weight whose
+        layer took no part in the step since ``begin_step`` has its gradient zeroed, as a step
+        that starts from zeroed gradients would leave it."""
         if self.stream is not None:
             torch.cuda.current_stream(self.device).wait_stream(self.stream)
+        for slot in self._fresh:
+            grad = self.linears[slot].weight.grad
+            if grad is not None:
+                grad.zero_()
+        self._fresh = set()
 
     def compute(self, slot: int, dy: torch.Tensor, x: torch.Tensor) -> None:
         """weight.grad of ``slot`` (+)= dyᵀ x, on the side stream; dy (N, out), x (N, in)."""

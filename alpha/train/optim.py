@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from alpha.config import TrainConfig
+from alpha.train.adamw import AdamW, initial_state
 
 NO_DECAY_MODULES = (nn.Embedding, nn.LayerNorm)
 
@@ -33,14 +34,14 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """Fused AdamW (CPU and CUDA): the fused kernel also applies clipping and skips on device."""
-    return torch.optim.AdamW(
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> AdamW:
+    """Fused AdamW (CPU and CUDA; one Triton kernel where it runs): it also applies clipping and
+    skips on device (``grad_scale`` and ``found_inf``)."""
+    return AdamW(
         parameter_groups(model, cfg.weight_decay),
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
-        fused=True,
     )
 
 
@@ -51,12 +52,7 @@ def ensure_state(optimizer: torch.optim.Optimizer) -> None:
         for p in group["params"]:
             state = optimizer.state[p]
             if not state:
-                on_device = group.get("fused") or group.get("capturable")
-                state["step"] = (
-                    torch.zeros((), dtype=torch.float32, device=p.device) if on_device else torch.tensor(0.0)
-                )
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state.update(initial_state(p, on_device=bool(group.get("fused") or group.get("capturable"))))
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

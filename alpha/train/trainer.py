@@ -37,6 +37,7 @@ from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
 from alpha.model.gpt import GPT
+from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import WeightGradStream, compile_options
 from alpha.train.background import BackgroundWorker
 from alpha.train.checkpoint import (
@@ -220,6 +221,7 @@ class Trainer:
         if self.wgrad_stream is not None:
             self.wgrad_stream.attach(self.model)
         self._bind_flat_gradients()
+        self._hand_shadows_to_optimizer()
         self.forward_model: nn.Module = (
             torch.compile(self.model, options=compile_options(self.model)) if cfg.compile else self.model
         )
@@ -277,21 +279,64 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _bind_flat_gradients(self) -> None:
-        """With several processes, every gradient is a view into one flat buffer whose last slot
-        holds the step's loss: gradients and loss are averaged over ranks by a single all-reduce,
-        which (unlike DDP's autograd hooks) can be captured in a CUDA graph with the rest of the
-        step. One process needs no buffer: autograd's own gradients avoid an accumulate pass.
+        """Every gradient ends each step in one flat buffer whose last slot holds the step's loss:
+        with several processes, so that gradients and loss are averaged over ranks by a single
+        all-reduce (which, unlike DDP's autograd hooks, can be captured in a CUDA graph with the
+        rest of the step); and wherever AdamW's kernel runs, which wants gradients that stay put
+        and whose norm is then one reduction. Otherwise (one process on the CPU) autograd's own
+        gradients are the gradients.
+
+        The weight-gradient stream writes its gradients into their views directly. The others
+        ("loose") are autograd's own, assigned to ``p.grad`` without an accumulate pass, and
+        gathered into their views by one multi-tensor copy after the backward (``_gather``).
         """
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.reduce_buffer: torch.Tensor | None = None
-        if self.ctx.world_size == 1:
+        self._loose: list[tuple[nn.Parameter, torch.Tensor]] = []  # (param, its gradient's view)
+        if self.ctx.world_size == 1 and not kernels_available(self.device):
             return
+        streamed = set()
+        if self.wgrad_stream is not None:
+            streamed = {id(w) for w in self.wgrad_stream.weights.values()}
         total = sum(p.numel() for p in self.params)
         self.reduce_buffer = torch.zeros(total + 1, device=self.device, dtype=torch.float32)
         offset = 0
         for p in self.params:
-            p.grad = self.reduce_buffer[offset : offset + p.numel()].view_as(p)
+            view = self.reduce_buffer[offset : offset + p.numel()].view_as(p)
+            p.grad = view
+            if id(p) not in streamed:
+                self._loose.append((p, view))
             offset += p.numel()
+
+    def _gather(self) -> None:
+        """Copy the loose gradients into their views (one multi-tensor copy; a parameter that got
+        no gradient this step gets zeros) and point ``p.grad`` back at the views."""
+        got = [(p, view) for p, view in self._loose if p.grad is not None and p.grad is not view]
+        if got:
+            torch._foreach_copy_([view for _, view in got], [p.grad for p, _ in got])
+        for p, view in self._loose:
+            if p.grad is None:
+                view.zero_()
+            p.grad = view
+
+    def _hand_shadows_to_optimizer(self) -> None:
+        """Where AdamW's kernel runs, it stores the linear weights' 16-bit shadows as it updates
+        the weights, so the side stream does not copy them at each step; whatever else changes
+        the weights calls ``weights_changed``."""
+        stream = self.wgrad_stream
+        if stream is None or stream.shadow_dtype is None or not kernels_available(self.device):
+            return
+        self.optimizer.shadows = {
+            m.weight: m.weight_shadow for m in stream.linears.values() if m.weight_shadow is not None
+        }
+        stream.refresh_each_step = False
+        self.weights_changed()
+
+    def weights_changed(self) -> None:
+        """The weights were changed outside an optimizer step (restored, loaded, fused): copies
+        kept of them (the linear layers' 16-bit shadows) are brought up to date."""
+        if self.wgrad_stream is not None and not self.wgrad_stream.refresh_each_step:
+            self.wgrad_stream.refresh_shadows()
 
     def _init_guards(self) -> None:
         f32 = {"device": self.device, "dtype": torch.float32}
@@ -332,11 +377,8 @@ class Trainer:
         """One optimizer step on device-resident tokens (K, B, T + 1); no host synchronisation."""
         cfg, g, k = self.cfg, self.guards, tokens.shape[0]
         buffer = self.reduce_buffer
-        if buffer is not None:
-            buffer.zero_()
-        else:
-            for p in self.params:
-                p.grad = None
+        for p in self.params if buffer is None else (p for p, _ in self._loose):
+            p.grad = None
         if self.wgrad_stream is not None:
             self.wgrad_stream.begin_step()
         loss_sum = torch.zeros((), device=self.device)
@@ -349,8 +391,9 @@ class Trainer:
         if self.wgrad_stream is not None:  # weight gradients computed on the side stream
             self.wgrad_stream.join()
         if buffer is not None:  # gradients and loss averaged over ranks in one collective
+            self._gather()
             buffer[-1:].copy_(loss_sum.reshape(1) / k)
-            if not self.local:
+            if not self.local and self.ctx.world_size > 1:
                 torch.distributed.all_reduce(buffer)
                 buffer.div_(self.ctx.world_size)
             loss_mean = buffer[-1]
@@ -471,6 +514,7 @@ class Trainer:
             values = self._train_step(key, sched)
             if after_step is not None:
                 after_step()
+                self.weights_changed()
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             done += 1
@@ -835,6 +879,7 @@ class Trainer:
         tensors += list(self.guards.values())
         for tensor in tensors:
             torch.distributed.broadcast(tensor, src=src)
+        self.weights_changed()
 
     # ------------------------------------------------------------------ snapshots and checkpoints
     def snapshot(self, into: Snapshot | None = None) -> Snapshot:
@@ -891,8 +936,10 @@ class Trainer:
         with torch.no_grad():
             if _same_layout(snap, live):  # one multi-tensor copy
                 torch._foreach_copy_(_snapshot_tensors(live), _snapshot_tensors(snap))
+                self.weights_changed()
                 return
             self.model.load_state_dict(snap.model)
+            self.weights_changed()
             for name, state in live.optimizer.items():
                 saved = snap.optimizer.get(name)
                 for key, value in state.items():
@@ -958,6 +1005,7 @@ class Trainer:
     def load_state(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint: weights, optimizer moments, guards, RNG, counters, components."""
         self.model.load_state_dict(ckpt.model)
+        self.weights_changed()
         named = dict(self.model.named_parameters())
         load_optimizer_tensors(self.optimizer, named, ckpt.optim)
         for k in self.guards:

@@ -155,6 +155,25 @@ def test_trainer_steps_with_and_without_the_stream_train_the_same_weights(tmp_pa
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_one_process_with_the_flat_gradient_buffer_trains_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout AdamW's kernel gets on CUDA: every gradient a view into one buffer, the side
+    stream's gradients written there, the others gathered there after the backward."""
+    plain = tiny_trainer(tmp_path / "a", batch_size=2, grad_accum_steps=2, wgrad_stream=False)
+    monkeypatch.setattr("alpha.train.trainer.kernels_available", lambda device: True)
+    flat = tiny_trainer(tmp_path / "b", batch_size=2, grad_accum_steps=2, wgrad_stream=True)
+    assert plain.reduce_buffer is None and flat.reduce_buffer is not None
+    side = {id(w) for w in flat.wgrad_stream.weights.values()}
+    assert {id(p) for p, _ in flat._loose} == {id(p) for p in flat.params} - side
+    for i in range(4):  # two micro-batches a step: overwrite (or assign), then accumulate
+        plain._train_step((0, i), i)
+        flat._train_step((0, i), i)
+        assert all(p.grad is not None and p.grad.data_ptr() == view.data_ptr() for p, view in flat._loose)
+    for (name, a), b in zip(plain.model.named_parameters(), flat.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_side_stream_gradients_under_bf16_autocast_and_graph_capture() -> None:
