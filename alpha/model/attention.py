@@ -21,7 +21,10 @@ import torch
 
 from alpha.model.kernel_support import kernels_available
 
-LN2 = math.log(2.0)
+# which kernel runs the forward on CUDA: cuDNN's flash attention ("cudnn", through PyTorch's op,
+# which writes its output in the (B, T, H, d) layout of q and returns the rows' log-sum-exp) or
+# ours ("triton"); the backward is always ours
+FORWARD_KERNEL = "cudnn"
 BLOCK = 64  # sequence lengths the kernels take are multiples of this
 
 
@@ -49,12 +52,22 @@ def applies(qkv: torch.Tensor, n_head: int) -> bool:
 
 @torch.library.custom_op("alpha::causal_attention", mutates_args=())
 def causal_attention(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax(q kᵀ / √d, causal) v as (B, T, C), the rows' log-sum-exp in base 2 as (B, H, T))."""
+    """(softmax(q kᵀ / √d, causal) v as (B, T, C), the rows' natural log-sum-exp as (B, H, T))."""
     if applies(qkv, n_head):
+        if FORWARD_KERNEL == "cudnn":
+            return _cudnn_forward(qkv, n_head)
         from alpha.model.attention_kernels import attention_forward
 
         return attention_forward(qkv.contiguous(), n_head)
     return reference_forward(qkv, n_head)
+
+
+def _cudnn_forward(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    B, T, c3 = qkv.shape
+    q, k, v = qkv.view(B, T, 3, n_head, c3 // 3 // n_head).permute(2, 0, 3, 1, 4)
+    result = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, True, False)
+    out, lse = result[0], result[1]
+    return out.transpose(1, 2).reshape(B, T, c3 // 3), lse.reshape(B, n_head, T).float()
 
 
 @causal_attention.register_fake
@@ -112,15 +125,14 @@ def _heads(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 def _probabilities(
-    q: torch.Tensor, k: torch.Tensor, lse2: torch.Tensor | None = None
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal softmax(q kᵀ / √d) and its rows' natural log-sum-exp (taken from ``lse2``, base 2,
-    where given)."""
+    """Causal softmax(q kᵀ / √d) and its rows' log-sum-exp (``lse`` where given)."""
     T = q.shape[2]
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     scores = scores.masked_fill(~causal, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1) if lse2 is None else lse2 * LN2
+    lse = torch.logsumexp(scores, dim=-1) if lse is None else lse
     return torch.exp(scores - lse[..., None]), lse
 
 
@@ -130,7 +142,7 @@ def reference_forward(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, tor
     q, k, v = _heads(qkv, n_head)
     p, lse = _probabilities(q, k)
     out = (p @ v).transpose(1, 2).reshape(B, T, c3 // 3)
-    return out.to(qkv.dtype), (lse / LN2).float().contiguous()
+    return out.to(qkv.dtype), lse.float().contiguous()
 
 
 def reference_backward(

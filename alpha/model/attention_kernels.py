@@ -8,7 +8,7 @@ so a head of 48 costs 48 columns of work instead of the 64 that a power-of-two t
 
 Forward: FlashAttention's online softmax, one program a block of queries and a head, blocks of
 keys below the diagonal without masks, the diagonal's with. It stores the log-sum-exp of every
-row (base 2) for the backward.
+row (natural, as cuDNN's forward does) for the backward.
 
 Backward: FlashAttention-2's split, as in Triton's fused-attention tutorial. After a pass for
 D = rowsum(dO ∘ O), one program a block of keys accumulates dk and dv over the queries that see
@@ -101,7 +101,7 @@ def _attention_forward_kernel(
     inv = 1.0 / l_i
     tl.store(o_base + offs_m[:, None] * C + c0[None, :], (acc0 * inv[:, None]).to(OUT.dtype.element_ty))
     tl.store(o_base + offs_m[:, None] * C + c1[None, :], (acc1 * inv[:, None]).to(OUT.dtype.element_ty))
-    tl.store(LSE + bh.to(tl.int64) * T + offs_m, m_i + tl.math.log2(l_i))
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453)
 
 
 @triton.jit
@@ -125,6 +125,7 @@ def _attention_delta_kernel(OUT, DO, DELTA, N, T, H, C, BLOCK: tl.constexpr, D: 
 @triton.jit
 def _attention_backward_kernel(
     QKV,
+    OUT,
     DO,
     DQKV,
     LSE,
@@ -139,6 +140,7 @@ def _attention_backward_kernel(
     BLOCK_N2: tl.constexpr,
     D0: tl.constexpr,
     D1: tl.constexpr,
+    FUSED_DELTA: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -150,6 +152,7 @@ def _attention_backward_kernel(
     k_base = q_base + C
     v_base = q_base + 2 * C
     do_base = DO + b.to(tl.int64) * T * C + head
+    o_base = OUT + b.to(tl.int64) * T * C + head
     dq_base = DQKV + b.to(tl.int64) * T * row + head
     lse_base = LSE + bh.to(tl.int64) * T
     delta_base = DELTA + bh.to(tl.int64) * T
@@ -172,7 +175,7 @@ def _attention_backward_kernel(
         queries = start_m + offs_m1
         qt0 = tl.load(q_base + queries[None, :] * row + c0[:, None])
         qt1 = tl.load(q_base + queries[None, :] * row + c1[:, None])
-        lse = tl.load(lse_base + queries)
+        lse = tl.load(lse_base + queries) * 1.4426950408889634  # natural -> base 2
         st = tl.dot(k0, qt0)
         st = tl.dot(k1, qt1, st)
         pt = tl.math.exp2(st * qk_scale - lse[None, :])
@@ -183,7 +186,12 @@ def _attention_backward_kernel(
         pt16 = pt.to(do0.dtype)
         dv0 = tl.dot(pt16, do0, dv0)
         dv1 = tl.dot(pt16, do1, dv1)
-        delta = tl.load(delta_base + queries)
+        if FUSED_DELTA:
+            o0 = tl.load(o_base + queries[:, None] * C + c0[None, :]).to(tl.float32)
+            o1 = tl.load(o_base + queries[:, None] * C + c1[None, :]).to(tl.float32)
+            delta = tl.sum(o0 * do0.to(tl.float32), 1) + tl.sum(o1 * do1.to(tl.float32), 1)
+        else:
+            delta = tl.load(delta_base + queries)
         dpt = tl.dot(v0, tl.trans(do0))
         dpt = tl.dot(v1, tl.trans(do1), dpt)
         dst = (pt * (dpt - delta[None, :])).to(qt0.dtype)
@@ -202,8 +210,13 @@ def _attention_backward_kernel(
     q1 = tl.load(q_base + queries[:, None] * row + c1[None, :])
     do0 = tl.load(do_base + queries[:, None] * C + c0[None, :])
     do1 = tl.load(do_base + queries[:, None] * C + c1[None, :])
-    lse = tl.load(lse_base + queries)
-    delta = tl.load(delta_base + queries)
+    lse = tl.load(lse_base + queries) * 1.4426950408889634  # natural -> base 2
+    if FUSED_DELTA:
+        o0 = tl.load(o_base + queries[:, None] * C + c0[None, :]).to(tl.float32)
+        o1 = tl.load(o_base + queries[:, None] * C + c1[None, :]).to(tl.float32)
+        delta = tl.sum(o0 * do0.to(tl.float32), 1) + tl.sum(o1 * do1.to(tl.float32), 1)
+    else:
+        delta = tl.load(delta_base + queries)
     dq0 = tl.zeros([BLOCK_N1, D0], tl.float32)
     dq1 = tl.zeros([BLOCK_N1, D1], tl.float32)
     offs_n2 = tl.arange(0, BLOCK_N2)
@@ -231,12 +244,15 @@ def _attention_backward_kernel(
 FORWARD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 BACKWARD = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
 DELTA_BLOCK = 64
+# D = rowsum(dO ∘ O) inside the backward kernel (from tiles of O loaded beside dO's) instead of a
+# pass of its own over O and dO before it
+FUSED_DELTA = True
 
 
 def attention_forward(
     qkv: torch.Tensor, n_head: int, config: dict | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the output as (B, T, C), log-sum-exp in base 2 as (B, H, T) fp32) of causal attention over a
+    """(the output as (B, T, C), the rows' log-sum-exp as (B, H, T) fp32) of causal attention over a
     contiguous (B, T, 3C) qkv."""
     cfg = config or FORWARD
     B, T, C3 = qkv.shape
@@ -278,25 +294,28 @@ def attention_backward(
     C = C3 // 3
     hd = C // n_head
     d0, d1 = head_split(hd)
+    fused = cfg.get("FUSED_DELTA", FUSED_DELTA)
     delta = torch.empty_like(lse)
-    pairs = B * T * n_head
-    _attention_delta_kernel[(triton.cdiv(pairs, DELTA_BLOCK),)](
-        out,
-        grad_out,
-        delta,
-        pairs,
-        T,
-        n_head,
-        C,
-        BLOCK=DELTA_BLOCK,
-        D=triton.next_power_of_2(hd),
-        num_warps=4,
-    )
+    if not fused:
+        pairs = B * T * n_head
+        _attention_delta_kernel[(triton.cdiv(pairs, DELTA_BLOCK),)](
+            out,
+            grad_out,
+            delta,
+            pairs,
+            T,
+            n_head,
+            C,
+            BLOCK=DELTA_BLOCK,
+            D=triton.next_power_of_2(hd),
+            num_warps=4,
+        )
     dqkv = torch.empty_like(qkv)
     scale = 1.0 / math.sqrt(hd)
     grid = (T // cfg["BLOCK_N1"], B * n_head)
     _attention_backward_kernel[grid](
         qkv,
+        out,
         grad_out,
         dqkv,
         lse,
@@ -311,6 +330,7 @@ def attention_backward(
         BLOCK_N2=cfg["BLOCK_N2"],
         D0=d0,
         D1=d1,
+        FUSED_DELTA=fused,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )

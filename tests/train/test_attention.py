@@ -27,13 +27,13 @@ def sdpa(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
 
 
-def base2_logsumexp(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+def logsumexp(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
     B, T, c3 = qkv.shape
     d = c3 // 3 // n_head
     q, k, _ = qkv.double().view(B, T, 3, n_head, d).permute(2, 0, 3, 1, 4)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
-    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
-    return torch.logsumexp(scores, dim=-1) / math.log(2)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=qkv.device).triu(1), float("-inf"))
+    return torch.logsumexp(scores, dim=-1)
 
 
 def test_the_op_is_causal_sdpa_in_value_and_gradient_off_cuda() -> None:
@@ -43,7 +43,7 @@ def test_the_op_is_causal_sdpa_in_value_and_gradient_off_cuda() -> None:
     out, lse = attention.causal_attention(a, 3)
     ref = sdpa(b, 3)
     torch.testing.assert_close(out, ref)
-    torch.testing.assert_close(lse.double(), base2_logsumexp(qkv, 3))
+    torch.testing.assert_close(lse.double(), logsumexp(qkv, 3))
     grad = torch.randn_like(ref)
     out.backward(grad)
     ref.backward(grad)
@@ -87,7 +87,11 @@ def test_the_model_keeps_sdpa_where_the_kernels_do_not_apply() -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("shape", [(2, 512, 8, 48), (3, 128, 4, 48), (1, 256, 2, 64), (2, 192, 3, 96)])
-def test_the_kernels_match_fp32_attention_as_closely_as_cudnn(shape: tuple[int, int, int, int]) -> None:
+@pytest.mark.parametrize("forward", ["cudnn", "triton"])
+def test_the_kernels_match_fp32_attention_as_closely_as_cudnn(
+    shape: tuple[int, int, int, int], forward: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attention, "FORWARD_KERNEL", forward)
     B, T, H, d = shape
     torch.manual_seed(0)
     qkv = torch.randn(B, T, 3 * H * d, device="cuda", dtype=torch.bfloat16)
@@ -105,7 +109,7 @@ def test_the_kernels_match_fp32_attention_as_closely_as_cudnn(shape: tuple[int, 
     ):
         theirs = sdpa(bf16, H)
     theirs.backward(grad)
-    torch.testing.assert_close(lse.double(), base2_logsumexp(qkv, H).cuda(), atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(lse.double(), logsumexp(qkv, H), atol=1e-3, rtol=1e-4)
     out_err = (out.double() - ref).abs().max().item()
     their_out_err = (theirs.double() - ref).abs().max().item()
     assert out_err <= max(2 * their_out_err, 1e-2)
@@ -137,3 +141,18 @@ def test_the_compiled_model_with_the_op_trains_as_with_sdpa() -> None:
     assert abs(losses[True] - losses[False]) < 2e-3
     cos = F.cosine_similarity(grads[True], grads[False], dim=0).item()
     assert cos > 0.999
+
+
+@needs_kernels
+def test_the_backward_with_a_pass_of_its_own_for_rowsum_do_o_gives_the_same_gradient() -> None:
+    from alpha.model import attention_kernels
+
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 256, 3 * 4 * 48, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn(2, 256, 4 * 48, device="cuda", dtype=torch.bfloat16)
+    out, lse = attention.causal_attention(qkv, 4)
+    fused = attention_kernels.attention_backward(grad, qkv, out, lse, 4)
+    apart = attention_kernels.attention_backward(
+        grad, qkv, out, lse, 4, attention_kernels.BACKWARD | {"FUSED_DELTA": False}
+    )
+    torch.testing.assert_close(fused, apart, atol=1e-2, rtol=1e-2)
