@@ -2,14 +2,17 @@
 
 The op takes the (B, T, 3C) output of the qkv projection and returns the (B, T, C) input of the
 output projection; its backward returns the (B, T, 3C) gradient of the projection's output. On
-CUDA it runs the Triton kernels of ``alpha.model.attention_kernels``, which read q, k and v in
-place, take a head dimension of 48 as 32 + 16 columns instead of padding it to 64, and write the
-three gradients into one tensor. Around cuDNN's attention the step pays for the head's padding,
-for a float32 dq and its conversion, and for concatenating dq, dk and dv.
+CUDA the forward is cuDNN's flash attention (PyTorch's op, on views of q, k and v, writing its
+output in their (B, T, H, d) layout, so no copy follows), and the backward is the Triton kernels
+of ``alpha.model.attention_kernels``: they take a head dimension of 48 as 32 + 16 columns instead
+of padding it to 64, accumulate dq without a float32 buffer, and write the three gradients into
+one tensor. Around cuDNN's own backward the step paid for the padding, for its float32 dq and the
+conversion, and for concatenating dq, dk and dv. (Our forward kernel is there too, a little slower
+than cuDNN's: ``FORWARD_KERNEL``.)
 
-Elsewhere the op is PyTorch: the same maths in float32 (the op's reference, and its form on the
-CPU). The model uses the op where its kernels apply (``applies``); otherwise, and for dropout,
-soft-capped scores or a key/value cache, it keeps ``scaled_dot_product_attention``.
+Elsewhere the op is PyTorch: the same maths in at least float32 (the op's reference, and its form
+on the CPU). The model uses the op where its kernels apply (``applies``); otherwise, and for
+dropout, soft-capped scores or a key/value cache, it keeps ``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations

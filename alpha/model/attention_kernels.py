@@ -1,4 +1,4 @@
-"""Triton kernels of causal attention over the qkv projection's output (``alpha::attention``).
+"""Triton kernels of causal attention over the qkv projection's output (``alpha::causal_attention``).
 
 The kernels read q, k and v straight out of the projection's (B, T, 3C) output and write the
 output as (B, T, C), so no transposes or copies surround them, and the backward writes one
@@ -14,7 +14,8 @@ Backward: FlashAttention-2's split, as in Triton's fused-attention tutorial. Aft
 D = rowsum(dO ∘ O), one program a block of keys accumulates dk and dv over the queries that see
 them, and the same program then accumulates dq for the block of queries at its index over the
 keys those see: the two loops' lengths add up to the same in every program, and dq needs neither
-atomics nor a float32 buffer.
+atomics nor a float32 buffer. (D computed inside the backward kernel instead, from tiles of O
+loaded beside dO's, made the step slower.)
 """
 
 from __future__ import annotations
@@ -125,7 +126,6 @@ def _attention_delta_kernel(OUT, DO, DELTA, N, T, H, C, BLOCK: tl.constexpr, D: 
 @triton.jit
 def _attention_backward_kernel(
     QKV,
-    OUT,
     DO,
     DQKV,
     LSE,
@@ -140,7 +140,6 @@ def _attention_backward_kernel(
     BLOCK_N2: tl.constexpr,
     D0: tl.constexpr,
     D1: tl.constexpr,
-    FUSED_DELTA: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -152,7 +151,6 @@ def _attention_backward_kernel(
     k_base = q_base + C
     v_base = q_base + 2 * C
     do_base = DO + b.to(tl.int64) * T * C + head
-    o_base = OUT + b.to(tl.int64) * T * C + head
     dq_base = DQKV + b.to(tl.int64) * T * row + head
     lse_base = LSE + bh.to(tl.int64) * T
     delta_base = DELTA + bh.to(tl.int64) * T
@@ -186,12 +184,7 @@ def _attention_backward_kernel(
         pt16 = pt.to(do0.dtype)
         dv0 = tl.dot(pt16, do0, dv0)
         dv1 = tl.dot(pt16, do1, dv1)
-        if FUSED_DELTA:
-            o0 = tl.load(o_base + queries[:, None] * C + c0[None, :]).to(tl.float32)
-            o1 = tl.load(o_base + queries[:, None] * C + c1[None, :]).to(tl.float32)
-            delta = tl.sum(o0 * do0.to(tl.float32), 1) + tl.sum(o1 * do1.to(tl.float32), 1)
-        else:
-            delta = tl.load(delta_base + queries)
+        delta = tl.load(delta_base + queries)
         dpt = tl.dot(v0, tl.trans(do0))
         dpt = tl.dot(v1, tl.trans(do1), dpt)
         dst = (pt * (dpt - delta[None, :])).to(qt0.dtype)
@@ -211,12 +204,7 @@ def _attention_backward_kernel(
     do0 = tl.load(do_base + queries[:, None] * C + c0[None, :])
     do1 = tl.load(do_base + queries[:, None] * C + c1[None, :])
     lse = tl.load(lse_base + queries) * 1.4426950408889634  # natural -> base 2
-    if FUSED_DELTA:
-        o0 = tl.load(o_base + queries[:, None] * C + c0[None, :]).to(tl.float32)
-        o1 = tl.load(o_base + queries[:, None] * C + c1[None, :]).to(tl.float32)
-        delta = tl.sum(o0 * do0.to(tl.float32), 1) + tl.sum(o1 * do1.to(tl.float32), 1)
-    else:
-        delta = tl.load(delta_base + queries)
+    delta = tl.load(delta_base + queries)
     dq0 = tl.zeros([BLOCK_N1, D0], tl.float32)
     dq1 = tl.zeros([BLOCK_N1, D1], tl.float32)
     offs_n2 = tl.arange(0, BLOCK_N2)
@@ -244,9 +232,6 @@ def _attention_backward_kernel(
 FORWARD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 BACKWARD = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
 DELTA_BLOCK = 64
-# D = rowsum(dO ∘ O) inside the backward kernel (from tiles of O loaded beside dO's) instead of a
-# pass of its own over O and dO before it
-FUSED_DELTA = True
 
 
 def attention_forward(
@@ -294,28 +279,25 @@ def attention_backward(
     C = C3 // 3
     hd = C // n_head
     d0, d1 = head_split(hd)
-    fused = cfg.get("FUSED_DELTA", FUSED_DELTA)
     delta = torch.empty_like(lse)
-    if not fused:
-        pairs = B * T * n_head
-        _attention_delta_kernel[(triton.cdiv(pairs, DELTA_BLOCK),)](
-            out,
-            grad_out,
-            delta,
-            pairs,
-            T,
-            n_head,
-            C,
-            BLOCK=DELTA_BLOCK,
-            D=triton.next_power_of_2(hd),
-            num_warps=4,
-        )
+    pairs = B * T * n_head
+    _attention_delta_kernel[(triton.cdiv(pairs, DELTA_BLOCK),)](
+        out,
+        grad_out,
+        delta,
+        pairs,
+        T,
+        n_head,
+        C,
+        BLOCK=DELTA_BLOCK,
+        D=triton.next_power_of_2(hd),
+        num_warps=4,
+    )
     dqkv = torch.empty_like(qkv)
     scale = 1.0 / math.sqrt(hd)
     grid = (T // cfg["BLOCK_N1"], B * n_head)
     _attention_backward_kernel[grid](
         qkv,
-        out,
         grad_out,
         dqkv,
         lse,
@@ -330,7 +312,6 @@ def attention_backward(
         BLOCK_N2=cfg["BLOCK_N2"],
         D0=d0,
         D1=d1,
-        FUSED_DELTA=fused,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
