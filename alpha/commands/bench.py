@@ -243,7 +243,7 @@ def _plain_loop(
 ) -> Any:
     """The reference probe: autocast forward, ``F.cross_entropy`` on fp32 logits, backward,
     clip_grad_norm_, AdamW step; the model keeps an fp32 residual stream, as plain autocast does,
-    and PyTorch's own GELU."""
+    PyTorch's own GELU and scaled_dot_product_attention."""
     import contextlib
 
     import torch
@@ -255,6 +255,7 @@ def _plain_loop(
     for block in model.layers:
         if isinstance(block.mlp.act, Elementwise) and block.mlp.act.name == "gelu":
             block.mlp.act = Elementwise("gelu", plain_gelu)
+        block.attn.use_kernels = False
 
     batches = BatchSource(data.train, shape["block"], shape["batch"], 0, 0)
     opt = torch.optim.AdamW(

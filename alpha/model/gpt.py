@@ -6,8 +6,10 @@ do. Initialisation is GPT-2's: N(0, 0.02), residual projections scaled by 1/sqrt
 
 Under bf16 autocast the residual stream itself is bf16 (Megatron-LM's default; ``fp32_residual``
 keeps it in fp32), which halves the memory traffic of every residual add and LayerNorm, forward
-and backward. Attention goes through ``scaled_dot_product_attention`` (flash on CUDA) unless a
-tanh soft-cap on the scores is asked for, which needs the explicit path. The loss is
+and backward. Attention is ``alpha::causal_attention`` (``alpha.model.attention``: Triton kernels
+over the qkv projection's output) where its kernels apply, and otherwise (dropout, a key/value
+cache, the CPU) ``scaled_dot_product_attention``; a tanh soft-cap on the scores needs the explicit
+path. The loss is
 ``losses.cross_entropy``, which never materialises fp32 log-probabilities.
 
 ``forward`` also runs incremental decoding with a per-layer KV cache (``KVCache``), used by
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpha.config import ModelConfig
+from alpha.model import attention as attention_op
 from alpha.model.activations import MLP
 from alpha.model.linear import Linear, autocast_dtype
 from alpha.model.losses import cross_entropy
@@ -57,10 +60,24 @@ class CausalSelfAttention(nn.Module):
         self.wqkv = Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.wo = Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        # alpha::causal_attention where its kernels apply (no dropout, cache or soft cap); False
+        # keeps scaled_dot_product_attention everywhere (the plain loop of ``alpha bench``)
+        self.use_kernels = True
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.wqkv(x).split(C, dim=2)
+        qkv = self.wqkv(x)
+        dropout = self.dropout_p if self.training else 0.0
+        if (
+            self.use_kernels
+            and cache is None
+            and dropout == 0.0
+            and self.soft_cap <= 0
+            and attention_op.applies(qkv, self.n_head)
+        ):
+            y, _ = attention_op.causal_attention(qkv, self.n_head)
+            return self.resid_dropout(self.wo(y))
+        q, k, v = qkv.split(C, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = k.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
@@ -71,7 +88,6 @@ class CausalSelfAttention(nn.Module):
                 k = torch.cat([cache.k, k], dim=2)
                 v = torch.cat([cache.v, v], dim=2)
             cache.k, cache.v = k, v
-        dropout = self.dropout_p if self.training else 0.0
         if self.soft_cap > 0:
             y = self._soft_capped(q, k, v, past, dropout)
         elif past == 0:

@@ -36,10 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alpha.model.inductor_ops import register_fallbacks
+
 
 def compile_options(model: nn.Module) -> dict[str, bool] | None:
     """``torch.compile`` options for ``model``: with slots attached, Inductor must not hand a buffer
-    that the side stream may still be reading to a later kernel."""
+    that the side stream may still be reading to a later kernel. Call it just before compiling:
+    it registers our ops with Inductor (``alpha.model.inductor_ops``)."""
+    register_fallbacks()
     if any(isinstance(m, Linear) and m.grad_slot is not None for m in model.modules()):
         return {"allow_buffer_reuse": False, "inplace_buffers": False}
     return None

@@ -1,0 +1,136 @@
+"""Time causal attention for the seed shape: PyTorch's SDPA (cuDNN) against ``alpha::causal_attention``.
+
+    python scripts/bench_attention.py [--batch 20 128] [--sweep]
+
+Per layer, forward alone and forward + backward, from the qkv projection's (B, T, 3C) output to
+its gradient, as a step has them: SDPA on views of q, k and v (its output back to (B, T, C), its
+three gradients concatenated by autograd), against the op (which reads and writes those layouts
+itself). Eight layers' inputs are gone round (more than an H200's L2 at batch 20), each figure
+the mean of 20 replays of a CUDA graph of the eight. ``--sweep`` also times the Triton kernels at
+each block configuration (forward and backward apart) and prints the fastest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from alpha.model import attention
+
+HEADS, HEAD_DIM, T, LAYERS = 8, 48, 512, 8
+C = HEADS * HEAD_DIM
+
+
+def graph_time(fn: Callable[[], object], replays: int = 20) -> float:
+    """Microseconds per layer of ``fn`` (which runs all LAYERS), replayed in a CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1000 / (replays * LAYERS)
+
+
+def sdpa(qkv: torch.Tensor) -> torch.Tensor:
+    B = qkv.shape[0]
+    q, k, v = (t.view(B, T, HEADS, HEAD_DIM).transpose(1, 2) for t in qkv.split(C, dim=2))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+
+
+def ours(qkv: torch.Tensor) -> torch.Tensor:
+    return attention.causal_attention(qkv, HEADS)[0]
+
+
+def time_path(fn: Callable[[torch.Tensor], torch.Tensor], xs: list, grads: list) -> tuple[float, float]:
+    def forward() -> None:
+        with torch.no_grad():
+            for x in xs:
+                fn(x)
+
+    def both() -> None:
+        for x, g in zip(xs, grads, strict=True):
+            torch.autograd.grad(fn(x), x, g)
+
+    return graph_time(forward), graph_time(both)
+
+
+def sweep(xs: list, grads: list) -> None:
+    from alpha.model import attention_kernels
+
+    inputs = [x.detach() for x in xs]
+    saved = [attention.causal_attention(x, HEADS) for x in inputs]
+    results = []
+    for bm, bn, warps, stages in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4]):
+        if bn > bm:
+            continue
+        cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+        try:
+            us = graph_time(
+                lambda cfg=cfg: [attention_kernels.attention_forward(x, HEADS, cfg) for x in inputs]
+            )
+        except Exception as e:  # a config the GPU cannot hold (shared memory, registers)
+            print(f"  forward {cfg}: {type(e).__name__}", file=sys.stderr)
+            continue
+        results.append((us, "forward ", cfg))
+    blocks = [(32, 64, 32), (64, 64, 64), (16, 64, 16), (32, 128, 32), (64, 128, 64), (16, 128, 16)]
+    for (m1, n1, n2), warps, stages in itertools.product(blocks, [4, 8], [2, 3, 4]):
+        cfg = {"BLOCK_M1": m1, "BLOCK_N1": n1, "BLOCK_N2": n2, "num_warps": warps, "num_stages": stages}
+        try:
+            us = graph_time(
+                lambda cfg=cfg: [
+                    attention_kernels.attention_backward(g, x, o, lse, HEADS, cfg)
+                    for x, g, (o, lse) in zip(inputs, grads, saved, strict=True)
+                ]
+            )
+        except Exception as e:
+            print(f"  backward {cfg}: {type(e).__name__}", file=sys.stderr)
+            continue
+        results.append((us, "backward", cfg))
+    for kind in ("forward ", "backward"):
+        best = sorted(r for r in results if r[1] == kind)[:3]
+        for us, _, cfg in best:
+            print(f"  {kind} {us:7.1f} us  {cfg}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, nargs="+", default=[20, 128])
+    parser.add_argument("--sweep", action="store_true", help="time the kernels' block configurations")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_attention: needs a CUDA GPU", file=sys.stderr)
+        sys.exit(2)
+    torch.manual_seed(0)
+    for batch in args.batch:
+        xs = [
+            torch.randn(batch, T, 3 * C, device="cuda", dtype=torch.bfloat16).requires_grad_()
+            for _ in range(LAYERS)
+        ]
+        grads = [torch.randn(batch, T, C, device="cuda", dtype=torch.bfloat16) for _ in range(LAYERS)]
+        print(f"batch {batch}, T {T}, {HEADS} heads of {HEAD_DIM}, bf16, us per layer:")
+        for name, fn in (("sdpa (cuDNN)", sdpa), ("alpha::causal_attention", ours)):
+            forward, both = time_path(fn, xs, grads)
+            print(f"  {name:24s} forward {forward:6.1f} | forward + backward {both:6.1f}")
+        if args.sweep:
+            sweep(xs, grads)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""alpha::causal_attention: the PyTorch form on the CPU and the Triton kernels on CUDA, each against
+``scaled_dot_product_attention``; where the model takes the op and where it keeps SDPA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alpha.config import ModelConfig
+from alpha.model import attention
+from alpha.model.gpt import GPT
+from alpha.model.kernel_support import kernels_available
+
+
+def needs_kernels(test):  # type: ignore[no-untyped-def]
+    missing = not kernels_available(torch.device("cuda"))
+    return pytest.mark.gpu(pytest.mark.skipif(missing, reason="needs CUDA and Triton")(test))
+
+
+def sdpa(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    B, T, c3 = qkv.shape
+    C = c3 // 3
+    q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+
+
+def logsumexp(qkv: torch.Tensor, n_head: int) -> torch.Tensor:
+    B, T, c3 = qkv.shape
+    d = c3 // 3 // n_head
+    q, k, _ = qkv.double().view(B, T, 3, n_head, d).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool, device=qkv.device).triu(1), float("-inf"))
+    return torch.logsumexp(scores, dim=-1)
+
+
+def test_the_op_is_causal_sdpa_in_value_and_gradient_off_cuda() -> None:
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 40, 3 * 3 * 16, dtype=torch.float64)
+    a, b = qkv.clone().requires_grad_(), qkv.clone().requires_grad_()
+    out, lse = attention.causal_attention(a, 3)
+    ref = sdpa(b, 3)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(lse.double(), logsumexp(qkv, 3))
+    grad = torch.randn_like(ref)
+    out.backward(grad)
+    ref.backward(grad)
+    torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5)  # lse is kept in fp32
+
+
+def test_the_op_passes_torchs_op_checks() -> None:
+    """Fake (meta) implementations, autograd registration and schema agree with the op."""
+    qkv = torch.randn(2, 16, 3 * 2 * 16, requires_grad=True)
+    torch.library.opcheck(torch.ops.alpha.causal_attention.default, (qkv, 2))
+
+
+def test_heads_split_into_two_power_of_two_column_blocks() -> None:
+    from alpha.model.attention import head_split
+
+    assert head_split(48) == (32, 16)
+    assert head_split(64) == (32, 32)
+    assert head_split(80) == (64, 16)
+    assert head_split(96) == (64, 32)
+    assert (
+        head_split(40) is None and head_split(56) is None and head_split(8) is None and head_split(16) is None
+    )
+    assert head_split(32) == (16, 16)
+
+
+def test_the_model_keeps_sdpa_where_the_kernels_do_not_apply() -> None:
+    """On the CPU, under dropout and with a cache the model never reaches the op's kernels; its
+    output is the same with the op's use switched off."""
+    cfg = ModelConfig(vocab_size=50, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(cfg).eval()
+    x = torch.randint(0, 50, (2, 64))
+    assert not attention.applies(torch.randn(2, 64, 96), 2)
+    with torch.no_grad():
+        on = model(x)
+        for block in model.layers:
+            block.attn.use_kernels = False
+        off = model(x)
+    torch.testing.assert_close(on, off)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(2, 512, 8, 48), (3, 128, 4, 48), (1, 256, 2, 64), (2, 192, 3, 96)])
+@pytest.mark.parametrize("forward", ["cudnn", "triton"])
+def test_the_kernels_match_fp32_attention_as_closely_as_cudnn(
+    shape: tuple[int, int, int, int], forward: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(attention, "FORWARD_KERNEL", forward)
+    B, T, H, d = shape
+    torch.manual_seed(0)
+    qkv = torch.randn(B, T, 3 * H * d, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn(B, T, H * d, device="cuda", dtype=torch.bfloat16)
+    assert attention.applies(qkv, H)
+    exact = qkv.double().requires_grad_()
+    ref = sdpa(exact, H)
+    ref.backward(grad.double())
+    ours = qkv.clone().requires_grad_()
+    out, lse = attention.causal_attention(ours, H)
+    out.backward(grad)
+    bf16 = qkv.clone().requires_grad_()
+    with torch.nn.attention.sdpa_kernel(
+        [torch.nn.attention.SDPBackend.CUDNN_ATTENTION, torch.nn.attention.SDPBackend.FLASH_ATTENTION]
+    ):
+        theirs = sdpa(bf16, H)
+    theirs.backward(grad)
+    torch.testing.assert_close(lse.double(), logsumexp(qkv, H), atol=1e-3, rtol=1e-4)
+    out_err = (out.double() - ref).abs().max().item()
+    their_out_err = (theirs.double() - ref).abs().max().item()
+    assert out_err <= max(2 * their_out_err, 1e-2)
+    grad_err = (ours.grad.double() - exact.grad).abs().max().item()
+    their_grad_err = (bf16.grad.double() - exact.grad).abs().max().item()
+    assert grad_err <= max(2 * their_grad_err, 2e-2)
+
+
+@needs_kernels
+def test_the_compiled_model_with_the_op_trains_as_with_sdpa() -> None:
+    cfg = ModelConfig(vocab_size=256, block_size=128, n_layer=2, n_head=4, n_embd=192, dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda()
+    x = torch.randint(0, 256, (4, 128), device="cuda")
+    y = torch.randint(0, 256, (4, 128), device="cuda")
+    losses = {}
+    grads = {}
+    for use in (True, False):
+        for block in model.layers:
+            block.attn.use_kernels = use
+        model.zero_grad(set_to_none=True)
+        step = torch.compile(model)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = step(x, y)
+        loss.backward()
+        losses[use] = loss.item()
+        grads[use] = torch.cat([p.grad.flatten().float() for p in model.parameters()])
+        torch._dynamo.reset()
+    assert abs(losses[True] - losses[False]) < 2e-3
+    cos = F.cosine_similarity(grads[True], grads[False], dim=0).item()
+    assert cos > 0.999
