@@ -17,6 +17,7 @@ dropout, soft-capped scores or a key/value cache, it keeps ``scaled_dot_product_
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -45,19 +46,28 @@ def head_split(head_dim: int) -> tuple[int, int] | None:
 
 
 def applies(qkv: torch.Tensor, n_head: int) -> bool:
-    """Whether the op's kernels take this qkv (CUDA, 16-bit, T a multiple of BLOCK, a head that
-    splits into power-of-two column blocks)."""
+    """Whether the op's kernels take this qkv (CUDA with Triton on an Ampere or later GPU, 16-bit,
+    T a multiple of BLOCK, a head that splits into power-of-two column blocks)."""
     if not kernels_available(qkv.device) or qkv.dtype not in (torch.bfloat16, torch.float16):
         return False
     T, c3 = qkv.shape[1], qkv.shape[2]
-    return T % BLOCK == 0 and head_split(c3 // 3 // n_head) is not None
+    return (
+        T % BLOCK == 0
+        and head_split(c3 // 3 // n_head) is not None
+        and _capability(qkv.device.index) >= (8, 0)
+    )
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 @torch.library.custom_op("alpha::causal_attention", mutates_args=())
 def causal_attention(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(softmax(q kᵀ / √d, causal) v as (B, T, C), the rows' natural log-sum-exp as (B, H, T))."""
     if applies(qkv, n_head):
-        if FORWARD_KERNEL == "cudnn":
+        if FORWARD_KERNEL == "cudnn" and torch.backends.cudnn.is_available():
             return _cudnn_forward(qkv, n_head)
         from alpha.model.attention_kernels import attention_forward
 
@@ -89,7 +99,9 @@ def causal_attention_backward(
     if applies(qkv, n_head):
         from alpha.model.attention_kernels import attention_backward
 
-        return attention_backward(grad_out.contiguous(), qkv.contiguous(), out, lse, n_head)
+        return attention_backward(
+            grad_out.contiguous(), qkv.contiguous(), out.contiguous(), lse.contiguous(), n_head
+        )
     return reference_backward(grad_out, qkv, out, lse, n_head)
 
 

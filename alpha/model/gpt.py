@@ -6,11 +6,11 @@ do. Initialisation is GPT-2's: N(0, 0.02), residual projections scaled by 1/sqrt
 
 Under bf16 autocast the residual stream itself is bf16 (Megatron-LM's default; ``fp32_residual``
 keeps it in fp32), which halves the memory traffic of every residual add and LayerNorm, forward
-and backward. Attention is ``alpha::causal_attention`` (``alpha.model.attention``: Triton kernels
-over the qkv projection's output) where its kernels apply, and otherwise (dropout, a key/value
-cache, the CPU) ``scaled_dot_product_attention``; a tanh soft-cap on the scores needs the explicit
-path. The loss is
-``losses.cross_entropy``, which never materialises fp32 log-probabilities.
+and backward. Attention is ``alpha::causal_attention`` (``alpha.model.attention``: cuDNN's forward
+and a Triton backward over the qkv projection's output) where its kernels apply, and otherwise
+(dropout, a key/value cache, the CPU) ``scaled_dot_product_attention``; a tanh soft-cap on the
+scores needs the explicit path. The loss is ``losses.cross_entropy``, which never materialises
+fp32 log-probabilities.
 
 ``forward`` also runs incremental decoding with a per-layer KV cache (``KVCache``), used by
 sampling; training never passes a cache.
