@@ -30,9 +30,7 @@ def _kernel_applies(logits: torch.Tensor) -> bool:
     return kernels_available(logits.device) and logits.shape[1] <= MAX_KERNEL_VOCAB
 
 
-@torch.library.custom_op(
-    "alpha::logsumexp_target", mutates_args=(), tags=(torch.Tag.flexible_layout,)
-)
+@torch.library.custom_op("alpha::logsumexp_target", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def logsumexp_target(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logsumexp of each row of (N, V) logits, each row's target logit), both fp32: the Triton
     kernel where it applies, ``reference_logsumexp_target`` elsewhere."""
