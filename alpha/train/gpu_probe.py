@@ -2,9 +2,9 @@
 
 The same build can differ by several percent between two machines of one kind. The clock and
 the power a run saw tell whether the GPU made the difference, not the code. The query is a child
-process started once the timed steps are under way, so it samples the GPU under load, and it
-costs the timed loop nothing but the start of a process. The GPU's utilisation is read with the
-rest: a low figure says the sample came after the steps had ended (a slow nvidia-smi).
+process started just before the timed steps, so it samples the GPU while they run and costs the
+timed loop nothing. The GPU's utilisation is read with the rest: a low figure says the sample
+came after the steps had ended (a slow nvidia-smi).
 """
 
 from __future__ import annotations
