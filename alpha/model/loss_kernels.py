@@ -52,12 +52,14 @@ def _cross_entropy_grad_kernel(
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     in_row = cols < V
-    x = tl.load(LOGITS + row.to(tl.int64) * stride + cols, mask=in_row, other=float("-inf")).to(tl.float32)
-    is_target = cols == tl.load(TARGETS + row)
+    base = LOGITS + row.to(tl.int64) * stride
+    target = tl.load(TARGETS + row)
+    x = tl.load(base + cols, mask=in_row, other=float("-inf")).to(tl.float32)
+    target_logit = tl.load(base + target).to(tl.float32)  # one load, not a third reduction
+    is_target = cols == target
     m = tl.max(x, axis=0)
     e = tl.exp(x - m)
     s = tl.sum(e, axis=0)
-    target_logit = tl.sum(tl.where(is_target, x, 0.0), axis=0)
     tl.store(ROW_LOSS + row, m + tl.log(s) - target_logit)
     grad = e * (inv_n / s) - tl.where(is_target, inv_n, 0.0)
     out = GRAD + row.to(tl.int64) * grad_stride + cols
