@@ -5,6 +5,7 @@ side stream's slots; the gradient op against PyTorch, and its Triton kernel on a
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -112,3 +113,27 @@ def test_the_gradient_kernel_matches_pytorch_on_padded_bf16_logits() -> None:
     assert grad.dtype == torch.bfloat16 and grad.is_contiguous()
     torch.testing.assert_close(row_loss, ref_loss, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(grad.float(), ref_grad.float(), atol=1e-9, rtol=2**-7)
+
+
+def test_the_trainer_with_accumulation_and_the_flat_buffer_trains_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two micro-batches a step (the loss's scale 1/2 reaching the head's backward), the side
+    stream's slots and the flat gradient buffer as on CUDA: four steps through the fused head
+    train the weights the logits-then-loss path does."""
+    from tests.conftest import tiny_trainer
+
+    monkeypatch.setattr("alpha.train.trainer.kernels_available", lambda device: True)
+    plain = tiny_trainer(tmp_path / "a", batch_size=2, grad_accum_steps=2, wgrad_stream=True)
+    fused = tiny_trainer(tmp_path / "b", batch_size=2, grad_accum_steps=2, wgrad_stream=True)
+    for i in range(4):
+        plain._train_step((0, i), i)
+    calls = []
+    real = head_loss._HeadLoss.apply
+    monkeypatch.setattr(head_loss._HeadLoss, "apply", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(head_loss, "kernels_available", lambda device: True)
+    for i in range(4):
+        fused._train_step((0, i), i)
+    assert len(calls) == 8  # every micro-batch
+    for (name, a), b in zip(plain.model.named_parameters(), fused.model.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
