@@ -10,8 +10,11 @@ each product of the head's backward, (tokens x dim) instead of (tokens x vocabul
 gradient is ``(g W) s`` and the weight gradient ``gᵀ (x s)``, computed as ``alpha::linear_backward``
 computes any linear layer's (the weight gradient on the side stream when the head has a slot).
 
-It applies while gradients are taken and the loss kernels run (CUDA with Triton); elsewhere the
-model computes its logits and ``losses.cross_entropy``, which is the same loss.
+It applies while gradients are taken and the loss kernels run (CUDA with Triton), in bf16 or
+fp32; elsewhere the model computes its logits and ``losses.cross_entropy``, which is the same
+loss. Not in fp16: ``(softmax - one_hot) / N`` would be rounded to fp16 before the loss scale
+reaches it (the scale arrives with the backward), and most of it would underflow, which is what
+fp16's loss scaling is there to prevent.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from alpha.model.losses import MAX_KERNEL_VOCAB, cross_entropy_grad  # noqa: F40
 
 
 def applies(h: torch.Tensor, head: Linear) -> bool:
-    """Whether ``head_loss`` runs for hidden states ``h`` (gradients on, kernels available)."""
+    """Whether ``head_loss`` runs for hidden states ``h`` (gradients on, kernels available, not
+    in fp16)."""
     return (
         torch.is_grad_enabled()
         and head.weight.requires_grad
         and kernels_available(h.device)
         and head.out_features <= MAX_KERNEL_VOCAB
+        and (autocast_dtype(h.device) or h.dtype) != torch.float16
     )
 
 

@@ -69,13 +69,18 @@ def test_the_model_trains_through_the_fused_head_as_through_the_logits(
         torch.testing.assert_close(fused[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_the_fused_head_stays_out_of_evaluation(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fused_head_stays_out_of_evaluation_and_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(head_loss, "kernels_available", lambda device: True)
     model = GPT(CFG)
     h = torch.randn(2, 8, 32)
     assert head_loss.applies(h, model.lm_head)
     with torch.no_grad():
         assert not head_loss.applies(h, model.lm_head)
+    with torch.autocast("cpu", dtype=torch.float16):  # fp16: the gradient would underflow
+        assert not head_loss.applies(h, model.lm_head)
+    assert not head_loss.applies(h.half(), model.lm_head)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head_loss.applies(h, model.lm_head)
     model.lm_head.weight.requires_grad_(False)
     assert not head_loss.applies(h, model.lm_head)
 
