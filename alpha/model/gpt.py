@@ -10,7 +10,8 @@ and backward. Attention is ``alpha::causal_attention`` (``alpha.model.attention`
 and a Triton backward over the qkv projection's output) where its kernels apply, and otherwise
 (dropout, a key/value cache, the CPU) ``scaled_dot_product_attention``; a tanh soft-cap on the
 scores needs the explicit path. The loss is ``losses.cross_entropy``, which never materialises
-fp32 log-probabilities.
+fp32 log-probabilities; while gradients are taken on CUDA the head and the loss are one function
+(``alpha.model.head_loss``) that computes the logits' gradient in the forward pass.
 
 ``forward`` also runs incremental decoding with a per-layer KV cache (``KVCache``), used by
 sampling; training never passes a cache.
@@ -27,6 +28,7 @@ from torch import nn
 
 from alpha.config import ModelConfig
 from alpha.model import attention as attention_op
+from alpha.model import head_loss as head_loss_op
 from alpha.model.activations import MLP
 from alpha.model.linear import Linear, autocast_dtype
 from alpha.model.losses import cross_entropy
@@ -171,7 +173,10 @@ class GPT(nn.Module):
             x = x.to(torch.bfloat16)
         for i, block in enumerate(self.layers):
             x = block(x, cache.layers[i] if cache is not None else None)
-        logits = self.lm_head(self.ln_f(x))
+        h = self.ln_f(x)
+        if targets is not None and head_loss_op.applies(h, self.lm_head):
+            return head_loss_op.head_loss(h, self.lm_head, targets)
+        logits = self.lm_head(h)
         if targets is None:
             return logits
         return cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))

@@ -1,10 +1,12 @@
-"""Triton kernel of ``alpha::logsumexp_target`` (see ``alpha.model.losses``).
+"""Triton kernels of ``alpha::logsumexp_target`` and ``alpha::cross_entropy_grad`` (see
+``alpha.model.losses``).
 
 One program a row: the whole row (the vocabulary, up to ``BLOCK`` logits) is loaded once into
 registers, so the maximum and the sum of exponentials are two reductions over registers and the
 logits are read from memory once. Inductor's kernel for ``torch.logsumexp`` loops over the row
 twice (the row is longer than it keeps in registers), reading the logits twice. The same program
-picks the target's logit out of the row it holds.
+picks the target's logit out of the row it holds; the gradient kernel also writes the row's
+``(softmax - one_hot) / N`` from the registers, so the loss's backward never reads the logits.
 """
 
 from __future__ import annotations
@@ -41,3 +43,47 @@ def logsumexp_target(
         logits, targets, lse, target_logit, logits.stride(0), v, BLOCK=block, num_warps=warps
     )
     return lse, target_logit
+
+
+@triton.jit
+def _cross_entropy_grad_kernel(
+    LOGITS, TARGETS, ROW_LOSS, GRAD, stride, grad_stride, V, inv_n, BLOCK: tl.constexpr
+):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    in_row = cols < V
+    base = LOGITS + row.to(tl.int64) * stride
+    target = tl.load(TARGETS + row)
+    x = tl.load(base + cols, mask=in_row, other=float("-inf")).to(tl.float32)
+    target_logit = tl.load(base + target).to(tl.float32)  # one load, not a third reduction
+    is_target = cols == target
+    m = tl.max(x, axis=0)
+    e = tl.exp(x - m)
+    s = tl.sum(e, axis=0)
+    tl.store(ROW_LOSS + row, m + tl.log(s) - target_logit)
+    grad = e * (inv_n / s) - tl.where(is_target, inv_n, 0.0)
+    out = GRAD + row.to(tl.int64) * grad_stride + cols
+    tl.store(out, grad.to(GRAD.dtype.element_ty), mask=in_row)
+
+
+def cross_entropy_grad(
+    logits: torch.Tensor, targets: torch.Tensor, warps: int = WARPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each row's cross-entropy in fp32, ``(softmax - one_hot) / N`` in the logits' dtype) for
+    (N, V) logits with unit column stride."""
+    n, v = logits.shape
+    row_loss = torch.empty(n, device=logits.device, dtype=torch.float32)
+    grad = torch.empty(n, v, device=logits.device, dtype=logits.dtype)
+    _cross_entropy_grad_kernel[(n,)](
+        logits,
+        targets,
+        row_loss,
+        grad,
+        logits.stride(0),
+        grad.stride(0),
+        v,
+        1.0 / n,
+        BLOCK=triton.next_power_of_2(v),
+        num_warps=warps,
+    )
+    return row_loss, grad
