@@ -48,6 +48,8 @@ def tag_compile_caches() -> None:
     """Make ``ops_fingerprint()`` part of torch.compile's cache key, next to any tag already set."""
     from torch.compiler import config
 
+    if not hasattr(config, "cache_key_tag"):  # a PyTorch without the setting: nothing to key by
+        return
     others = re.sub(rf"\+?{CACHE_TAG_PREFIX}[0-9a-f]+", "", config.cache_key_tag)
     ours = CACHE_TAG_PREFIX + ops_fingerprint()
     config.cache_key_tag = f"{others}+{ours}" if others else ours
