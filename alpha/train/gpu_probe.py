@@ -3,7 +3,8 @@
 The same build can differ by several percent between two machines of one kind. The clock and
 the power a run saw tell whether the GPU made the difference, not the code. The query is a child
 process started once the timed steps are under way, so it samples the GPU under load, and it
-costs the timed loop nothing but the start of a process.
+costs the timed loop nothing but the start of a process. The GPU's utilisation is read with the
+rest: a low figure says the sample came after the steps had ended (a slow nvidia-smi).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import shutil
 import subprocess
 from typing import Any
 
-FIELDS = ("clocks.sm", "clocks.max.sm", "power.draw", "power.limit", "temperature.gpu")
-KEYS = ("sm_clock_mhz", "max_sm_clock_mhz", "power_w", "power_limit_w", "temperature_c")
+FIELDS = ("clocks.sm", "clocks.max.sm", "power.draw", "power.limit", "temperature.gpu", "utilization.gpu")
+KEYS = ("sm_clock_mhz", "max_sm_clock_mhz", "power_w", "power_limit_w", "temperature_c", "utilization_pct")
 TIMEOUT_S = 10
 
 
@@ -80,7 +81,7 @@ class GpuProbe:
 
 
 def describe(reading: dict[str, float | None] | None) -> str:
-    """``SM 1980 of 1980 MHz, 512 W of 700 W, 48 C``, with n/a where a value is missing."""
+    """``SM 1980 of 1980 MHz, 512 W of 700 W, 48 C, 100% busy``, n/a where a value is missing."""
     if reading is None:
         return "n/a"
 
@@ -90,5 +91,6 @@ def describe(reading: dict[str, float | None] | None) -> str:
 
     return (
         f"SM {num('sm_clock_mhz')} of {num('max_sm_clock_mhz')} MHz, "
-        f"{num('power_w')} W of {num('power_limit_w')} W, {num('temperature_c')} C"
+        f"{num('power_w')} W of {num('power_limit_w')} W, {num('temperature_c')} C, "
+        f"{num('utilization_pct')}% busy"
     )
