@@ -186,26 +186,36 @@ def _run_program(
 
 
 @triton.jit
-def _rows(
-    acc, prog_ptr, n_rows, outer0, outer1, outer2, outer3, outer4, b0, b1, b2, b3, b4, ROW: tl.constexpr
-):
-    """acc + Σ over the rows of outerₖ·(c + Σⱼ cⱼ·bⱼ), a row being (k, c, c₀..c₄). The outer basis
-    is chosen by loops of trip count 0 or 1, one branch per row, not by a select per element."""
+def _rows(acc, prog_ptr, n_rows, x, b0, b2, outer0, outer2, SLOPE: tl.constexpr, ROW: tl.constexpr):
+    """acc + Σ over the rows of outerₖ·(c + Σⱼ cⱼ·bⱼ), a row being (k, c, c₀..c₄). silu and GELU
+    (b0, b2) and their outer factors come in; relu, x and x² and theirs (the bases, or with SLOPE
+    their derivatives 1[x > 0], 1 and 2x) are recomputed from x where they are used, a few
+    instructions instead of registers held across the loop. The outer basis is chosen by loops of
+    trip count 0 or 1, one branch per row, not by a select per element."""
     for r in range(n_rows):
         row = prog_ptr + r * ROW
         k = tl.load(row).to(tl.int32)
-        affine = tl.load(row + 1) + tl.load(row + 2) * b0 + tl.load(row + 3) * b1 + tl.load(row + 4) * b2
-        affine += tl.load(row + 5) * b3 + tl.load(row + 6) * b4
+        affine = tl.load(row + 1) + tl.load(row + 2) * b0 + tl.load(row + 3) * tl.maximum(x, 0.0)
+        affine += tl.load(row + 4) * b2 + x * (tl.load(row + 5) + tl.load(row + 6) * x)
         for _ in range((k == 0).to(tl.int32)):
             acc += outer0 * affine
         for _ in range((k == 1).to(tl.int32)):
-            acc += outer1 * affine
+            if SLOPE:
+                acc += tl.where(x > 0.0, affine, 0.0)
+            else:
+                acc += tl.maximum(x, 0.0) * affine
         for _ in range((k == 2).to(tl.int32)):
             acc += outer2 * affine
         for _ in range((k == 3).to(tl.int32)):
-            acc += outer3 * affine
+            if SLOPE:
+                acc += affine
+            else:
+                acc += x * affine
         for _ in range((k == 4).to(tl.int32)):
-            acc += outer4 * affine
+            if SLOPE:
+                acc += 2.0 * x * affine
+            else:
+                acc += x * x * affine
     return acc
 
 
@@ -233,7 +243,7 @@ def _form_kernel(
     use_gelu = tl.load(prog_ptr + GELU).to(tl.int32)
     n_rows = tl.load(prog_ptr + N_ROWS).to(tl.int32)  # the value or the slope rows (by the launch)
     if flag != 0.0:  # else the program kernel writes the output
-        zero = x * 0.0
+        zero = tl.zeros_like(x)
         b0 = zero  # silu
         g0 = zero
         for _ in range(use_silu):
@@ -247,14 +257,11 @@ def _form_kernel(
             b2 = 0.5 * x * (1.0 + t)
             if SLOPE:
                 g2 = gelu_slope(x, t)
-        b1 = tl.maximum(x, 0.0)  # relu
-        b4 = x * x  # square; b3 is x
         if SLOPE:
-            g1 = tl.where(x > 0.0, 1.0, 0.0)
-            s = _rows(zero, prog_ptr + ROWS, n_rows, g0, g1, g2, zero + 1.0, 2.0 * x, b0, b1, b2, x, b4, ROW)
+            s = _rows(zero, prog_ptr + ROWS, n_rows, x, b0, b2, g0, g2, True, ROW)
             tl.store(out_ptr + offs, (dy * s).to(out_ptr.dtype.element_ty), mask=mask)
         else:
-            y = _rows(zero, prog_ptr + ROWS, n_rows, b0, b1, b2, x, b4, b0, b1, b2, x, b4, ROW)
+            y = _rows(zero, prog_ptr + ROWS, n_rows, x, b0, b2, b0, b2, False, ROW)
             tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
