@@ -83,7 +83,7 @@ def sweep(xs: list, grads: list) -> None:
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
         try:
             us = graph_time(
-                lambda cfg=cfg: [attention_kernels.attention_forward(x, HEADS, cfg) for x in inputs]
+                lambda cfg=cfg: [attention_kernels.attention_forward(x, HEADS, config=cfg) for x in inputs]
             )
         except Exception as e:  # a config the GPU cannot hold (shared memory, registers)
             print(f"  forward {cfg}: {type(e).__name__}", file=sys.stderr)
@@ -95,7 +95,7 @@ def sweep(xs: list, grads: list) -> None:
         try:
             us = graph_time(
                 lambda cfg=cfg: [
-                    attention_kernels.attention_backward(g, x, o, lse, HEADS, cfg)
+                    attention_kernels.attention_backward(g, x, o, lse, HEADS, config=cfg)
                     for x, g, (o, lse) in zip(inputs, grads, saved, strict=True)
                 ]
             )
