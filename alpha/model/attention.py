@@ -23,7 +23,6 @@ apply (``applies``); otherwise, and for soft-capped scores or a key/value cache,
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -60,16 +59,17 @@ def applies(qkv: torch.Tensor, n_head: int) -> bool:
     if not kernels_available(qkv.device) or qkv.dtype not in (torch.bfloat16, torch.float16):
         return False
     T, c3 = qkv.shape[1], qkv.shape[2]
-    return (
-        T % BLOCK == 0
-        and head_split(c3 // 3 // n_head) is not None
-        and _capability(qkv.device.index) >= (8, 0)
-    )
+    return T % BLOCK == 0 and head_split(c3 // 3 // n_head) is not None and _ampere_or_later(qkv.device.index)
 
 
-@functools.cache
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
+_AMPERE_OR_LATER: dict[int, bool] = {}
+
+
+@torch.compiler.assume_constant_result  # compiled code takes the answer as a constant
+def _ampere_or_later(index: int) -> bool:
+    if index not in _AMPERE_OR_LATER:
+        _AMPERE_OR_LATER[index] = torch.cuda.get_device_capability(index) >= (8, 0)
+    return _AMPERE_OR_LATER[index]
 
 
 @torch.library.custom_op("alpha::causal_attention", mutates_args=())

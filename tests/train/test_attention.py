@@ -76,6 +76,18 @@ def test_the_op_with_dropout_passes_torchs_op_checks() -> None:
     torch.library.opcheck(torch.ops.alpha.causal_attention.default, (qkv, 2, 0.1, torch.tensor([3])))
 
 
+def test_the_gpu_generation_check_compiles_to_a_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``applies`` asks for the GPU's compute capability; compiled code must take the answer as a
+    constant (no graph break, no trace into CUDA queries)."""
+    monkeypatch.setitem(attention._AMPERE_OR_LATER, 5, True)
+
+    def gate(x: torch.Tensor) -> torch.Tensor:
+        return x + 1 if attention._ampere_or_later(5) else x - 1
+
+    compiled = torch.compile(gate, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(torch.zeros(3)), torch.ones(3))
+
+
 def test_heads_split_into_two_power_of_two_column_blocks() -> None:
     from alpha.model.attention import head_split
 
