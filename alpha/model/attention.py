@@ -165,7 +165,7 @@ causal_attention.register_autograd(_backward, setup_context=_setup_context)
 def new_seed(device: torch.device) -> torch.Tensor:
     """A fresh seed for the op's dropout, drawn from the device's generator (so a captured CUDA
     graph draws a new one at every replay)."""
-    return torch.randint(0, 2**62, (1,), device=device, dtype=torch.int64)
+    return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
 
 
 def reference_mask(
