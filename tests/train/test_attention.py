@@ -88,6 +88,33 @@ def test_the_gpu_generation_check_compiles_to_a_constant(monkeypatch: pytest.Mon
     torch.testing.assert_close(compiled(torch.zeros(3)), torch.ones(3))
 
 
+def test_the_compiled_model_traces_the_op_whole_and_trains_as_with_sdpa(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model compiled in one graph with the op in it (its CPU form running inside; the gate
+    opened for tracing only): loss and gradients as the eager model's with SDPA."""
+    from alpha.model.linear import compile_options
+
+    real = attention.applies
+    monkeypatch.setattr(attention, "applies", lambda qkv, n: torch.compiler.is_compiling() or real(qkv, n))
+    cfg = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    x, y = torch.randint(0, 64, (2, 64)), torch.randint(0, 64, (2, 64))
+    compiled = torch.compile(model, options=compile_options(model), fullgraph=True)
+    loss = compiled(x, y)
+    loss.backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    for block in model.layers:
+        block.attn.use_kernels = False
+    reference = model(x, y)
+    reference.backward()
+    torch.testing.assert_close(loss, reference)
+    for a, p in zip(ours, model.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-4)
+
+
 def test_heads_split_into_two_power_of_two_column_blocks() -> None:
     from alpha.model.attention import head_split
 
