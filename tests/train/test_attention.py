@@ -115,6 +115,25 @@ def test_the_compiled_model_traces_the_op_whole_and_trains_as_with_sdpa(
         torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-4)
 
 
+def test_compiled_code_draws_a_new_dropout_seed_at_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alpha.model.linear import compile_options
+
+    real = attention.applies
+    monkeypatch.setattr(attention, "applies", lambda qkv, n: torch.compiler.is_compiling() or real(qkv, n))
+    cfg = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    for module in model.modules():  # attention's dropout the only randomness left
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    x, y = torch.randint(0, 64, (2, 64)), torch.randint(0, 64, (2, 64))
+    compiled = torch.compile(model, options=compile_options(model), fullgraph=True)
+    first, second = compiled(x, y), compiled(x, y)
+    assert first.item() != second.item()
+    second.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
 def test_heads_split_into_two_power_of_two_column_blocks() -> None:
     from alpha.model.attention import head_split
 
