@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from bench_model_kernels import graph_time  # this script's neighbour in scripts/
 
 from alpha.model import attention
 
@@ -26,26 +27,9 @@ HEADS, HEAD_DIM, T, LAYERS = 8, 48, 512, 8
 C = HEADS * HEAD_DIM
 
 
-def graph_time(fn: Callable[[], object], replays: int = 20) -> float:
+def layer_time(fn: Callable[[], object]) -> float:
     """Microseconds per layer of ``fn`` (which runs all LAYERS), replayed in a CUDA graph."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (replays * LAYERS)
+    return graph_time(fn, [()], calls=1) / LAYERS
 
 
 DROPOUT = 0.0  # --dropout
@@ -73,7 +57,7 @@ def time_path(fn: Callable[[torch.Tensor], torch.Tensor], xs: list, grads: list)
         for x, g in zip(xs, grads, strict=True):
             torch.autograd.grad(fn(x), x, g)
 
-    return graph_time(forward), graph_time(both)
+    return layer_time(forward), layer_time(both)
 
 
 def sweep(xs: list, grads: list) -> None:
@@ -88,7 +72,7 @@ def sweep(xs: list, grads: list) -> None:
             continue
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
         try:
-            us = graph_time(
+            us = layer_time(
                 lambda cfg=cfg: [
                     attention_kernels.attention_forward(x, HEADS, DROPOUT, seed, config=cfg) for x in inputs
                 ]
@@ -101,7 +85,7 @@ def sweep(xs: list, grads: list) -> None:
     for (m1, n1, n2), warps, stages in itertools.product(blocks, [4, 8], [2, 3, 4]):
         cfg = {"BLOCK_M1": m1, "BLOCK_N1": n1, "BLOCK_N2": n2, "num_warps": warps, "num_stages": stages}
         try:
-            us = graph_time(
+            us = layer_time(
                 lambda cfg=cfg: [
                     attention_kernels.attention_backward(g, x, o, lse, HEADS, DROPOUT, seed, config=cfg)
                     for x, g, (o, lse) in zip(inputs, grads, saved, strict=True)

@@ -30,7 +30,41 @@ import triton.language as tl
 
 from alpha.model.attention import head_split
 
-LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(1.4426950408889634)  # natural logarithms to base 2 (in the kernels)
+_LN2 = tl.constexpr(0.6931471805599453)  # and back
+LOG2E = _LOG2E.value
+
+
+@triton.jit
+def _forward_over_keys(
+    q0, q1, acc0, acc1, m_i, l_i, k_base, v_base, row, qk_scale, offs_m, c0, c1,
+    first_key, end_key, seed, bh, first_query, T, p_drop,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, DROPOUT: tl.constexpr,
+):  # fmt: skip
+    """The online softmax of a block of queries (BLOCK_M from first_query: offs_m) over the keys
+    [first_key, end_key), BLOCK_N at a time; CAUSAL_MASK where some of those keys lie after some
+    of the queries; under DROPOUT the probabilities summed into the output drop by the mask."""
+    for start_n in range(first_key, end_key, BLOCK_N):
+        keys = start_n + tl.arange(0, BLOCK_N)
+        kt0 = tl.load(k_base + keys[None, :] * row + c0[:, None])
+        kt1 = tl.load(k_base + keys[None, :] * row + c1[:, None])
+        s = tl.dot(q0, kt0)
+        s = tl.dot(q1, kt1, s) * qk_scale
+        if CAUSAL_MASK:
+            s = tl.where(offs_m[:, None] >= keys[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v0 = tl.load(v_base + keys[:, None] * row + c0[None, :])
+        v1 = tl.load(v_base + keys[:, None] * row + c1[None, :])
+        if DROPOUT:
+            p = tl.where(_kept(seed, bh, first_query, start_n, T, p_drop, BLOCK_M, BLOCK_N), p, 0.0)
+        p16 = p.to(v0.dtype)
+        acc0 = tl.dot(p16, v0, acc0 * alpha[:, None])
+        acc1 = tl.dot(p16, v1, acc1 * alpha[:, None])
+        m_i = m_new
+    return acc0, acc1, m_i, l_i
 
 
 @triton.jit
@@ -73,7 +107,6 @@ def _attention_forward_kernel(
     k_base = q_base + C
     v_base = q_base + 2 * C
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     c0 = tl.arange(0, D0)
     c1 = D0 + tl.arange(0, D1)
     q0 = tl.load(q_base + offs_m[:, None] * row + c0[None, :])
@@ -86,52 +119,22 @@ def _attention_forward_kernel(
         seed = tl.load(SEED)
     else:
         seed = 0
-    # keys below the block's first query: visible to every row, no mask
-    for start_n in range(0, start_m, BLOCK_N):
-        keys = start_n + offs_n
-        kt0 = tl.load(k_base + keys[None, :] * row + c0[:, None])
-        kt1 = tl.load(k_base + keys[None, :] * row + c1[:, None])
-        s = tl.dot(q0, kt0)
-        s = tl.dot(q1, kt1, s) * qk_scale
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v0 = tl.load(v_base + keys[:, None] * row + c0[None, :])
-        v1 = tl.load(v_base + keys[:, None] * row + c1[None, :])
-        if DROPOUT:
-            p = tl.where(_kept(seed, bh, start_m, start_n, T, p_drop, BLOCK_M, BLOCK_N), p, 0.0)
-        p16 = p.to(v0.dtype)
-        acc0 = tl.dot(p16, v0, acc0 * alpha[:, None])
-        acc1 = tl.dot(p16, v1, acc1 * alpha[:, None])
-        m_i = m_new
-    # the diagonal's keys, masked
-    for start_n in range(start_m, start_m + BLOCK_M, BLOCK_N):
-        keys = start_n + offs_n
-        kt0 = tl.load(k_base + keys[None, :] * row + c0[:, None])
-        kt1 = tl.load(k_base + keys[None, :] * row + c1[:, None])
-        s = tl.dot(q0, kt0)
-        s = tl.dot(q1, kt1, s) * qk_scale
-        s = tl.where(offs_m[:, None] >= keys[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v0 = tl.load(v_base + keys[:, None] * row + c0[None, :])
-        v1 = tl.load(v_base + keys[:, None] * row + c1[None, :])
-        if DROPOUT:
-            p = tl.where(_kept(seed, bh, start_m, start_n, T, p_drop, BLOCK_M, BLOCK_N), p, 0.0)
-        p16 = p.to(v0.dtype)
-        acc0 = tl.dot(p16, v0, acc0 * alpha[:, None])
-        acc1 = tl.dot(p16, v1, acc1 * alpha[:, None])
-        m_i = m_new
+    # keys below the block's first query, visible to every row; then the diagonal's, masked
+    acc0, acc1, m_i, l_i = _forward_over_keys(
+        q0, q1, acc0, acc1, m_i, l_i, k_base, v_base, row, qk_scale, offs_m, c0, c1,
+        0, start_m, seed, bh, start_m, T, p_drop, BLOCK_M, BLOCK_N, False, DROPOUT,
+    )  # fmt: skip
+    acc0, acc1, m_i, l_i = _forward_over_keys(
+        q0, q1, acc0, acc1, m_i, l_i, k_base, v_base, row, qk_scale, offs_m, c0, c1,
+        start_m, start_m + BLOCK_M, seed, bh, start_m, T, p_drop, BLOCK_M, BLOCK_N, True, DROPOUT,
+    )  # fmt: skip
     o_base = OUT + b.to(tl.int64) * T * C + h * (D0 + D1)
     inv = 1.0 / l_i
     if DROPOUT:
         inv = inv / (1.0 - p_drop)
     tl.store(o_base + offs_m[:, None] * C + c0[None, :], (acc0 * inv[:, None]).to(OUT.dtype.element_ty))
     tl.store(o_base + offs_m[:, None] * C + c1[None, :], (acc1 * inv[:, None]).to(OUT.dtype.element_ty))
-    tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.math.log2(l_i)) * 0.6931471805599453)
+    tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.math.log2(l_i)) * _LN2)
 
 
 @triton.jit
@@ -210,7 +213,7 @@ def _attention_backward_kernel(
         queries = start_m + offs_m1
         qt0 = tl.load(q_base + queries[None, :] * row + c0[:, None])
         qt1 = tl.load(q_base + queries[None, :] * row + c1[:, None])
-        lse = tl.load(lse_base + queries) * 1.4426950408889634  # natural -> base 2
+        lse = tl.load(lse_base + queries) * _LOG2E
         st = tl.dot(k0, qt0)
         st = tl.dot(k1, qt1, st)
         pt = tl.math.exp2(st * qk_scale - lse[None, :])
@@ -246,7 +249,7 @@ def _attention_backward_kernel(
     q1 = tl.load(q_base + queries[:, None] * row + c1[None, :])
     do0 = tl.load(do_base + queries[:, None] * C + c0[None, :])
     do1 = tl.load(do_base + queries[:, None] * C + c1[None, :])
-    lse = tl.load(lse_base + queries) * 1.4426950408889634  # natural -> base 2
+    lse = tl.load(lse_base + queries) * _LOG2E
     delta = tl.load(delta_base + queries)
     dq0 = tl.zeros([BLOCK_N1, D0], tl.float32)
     dq1 = tl.zeros([BLOCK_N1, D1], tl.float32)

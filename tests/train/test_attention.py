@@ -76,16 +76,20 @@ def test_the_op_with_dropout_passes_torchs_op_checks() -> None:
     torch.library.opcheck(torch.ops.alpha.causal_attention.default, (qkv, 2, 0.1, torch.tensor([3])))
 
 
-def test_the_gpu_generation_check_compiles_to_a_constant(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``applies`` asks for the GPU's compute capability; compiled code must take the answer as a
-    constant (no graph break, no trace into CUDA queries)."""
-    monkeypatch.setitem(attention._AMPERE_OR_LATER, 5, True)
+def test_compiled_code_takes_where_the_op_applies_as_a_constant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``applies`` (CUDA and Triton faked here, the GPU generation included) traces into one
+    graph: no graph break, no trace into CUDA queries."""
+    monkeypatch.setattr(attention, "kernels_available", lambda device: True)
+    monkeypatch.setitem(attention._AMPERE_OR_LATER, None, True)  # a CPU tensor's device index
 
-    def gate(x: torch.Tensor) -> torch.Tensor:
-        return x + 1 if attention._ampere_or_later(5) else x - 1
+    def gate(qkv: torch.Tensor) -> torch.Tensor:
+        return qkv + 1 if attention.applies(qkv, 2) else qkv - 1
 
     compiled = torch.compile(gate, fullgraph=True, backend="eager")
-    torch.testing.assert_close(compiled(torch.zeros(3)), torch.ones(3))
+    fits = torch.zeros(1, 64, 3 * 2 * 48, dtype=torch.bfloat16)
+    torch.testing.assert_close(compiled(fits), torch.ones_like(fits))
+    too_short = torch.zeros(1, 60, 3 * 2 * 48, dtype=torch.bfloat16)  # not a multiple of BLOCK
+    torch.testing.assert_close(compiled(too_short), -torch.ones_like(too_short))
 
 
 def test_the_compiled_model_traces_the_op_whole_and_trains_as_with_sdpa(
