@@ -41,6 +41,38 @@ def test_the_loss_op_is_torchs_logsumexp_and_gather_off_cuda() -> None:
     assert torch.equal(target_logit, logits.float()[torch.arange(37), targets])
 
 
+def test_the_compiled_loss_hands_the_padded_logits_to_the_op_without_a_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inductor pads the head's output rows to 128 bytes (4001 -> 4032 floats); the op takes any
+    layout, so the logits reach it as the GEMM wrote them, not through a copy of the whole
+    (tokens x vocab) tensor. Padding is on here as on a GPU; the gate opened for tracing only."""
+    from torch._inductor import config
+    from torch._inductor.utils import run_and_get_code
+
+    from alpha.model import losses
+    from alpha.model.inductor_ops import register_fallbacks
+
+    real = losses._kernel_applies
+    monkeypatch.setattr(losses, "_kernel_applies", lambda x: torch.compiler.is_compiling() or real(x))
+    register_fallbacks()
+
+    def loss_of(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(x @ w.t(), y)
+
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 32), torch.randn(4001, 32, requires_grad=True)  # a training graph
+    y = torch.randint(0, 4001, (64,))
+    with config.patch(disable_padding_cpu=False, force_disable_caches=True):
+        loss, (code,) = run_and_get_code(torch.compile(loss_of, fullgraph=True), x, w, y)
+    assert "4032" in code  # the head's output is padded
+    calls = [line for line in code.splitlines() if "logsumexp_target" in line and "(" in line]
+    assert calls and all("torch.ops.alpha.logsumexp_target" in line for line in calls), calls
+    torch.testing.assert_close(loss, F.cross_entropy(x @ w.t(), y))
+    loss.backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_gelu_kernels_stay_within_a_unit_in_the_last_place(dtype: torch.dtype) -> None:
