@@ -4,7 +4,9 @@
     python scripts/profile_step.py --activation-graph '<JSON>' --activation-program  # a search candidate
 
 Used to decide which fusions pay; the figures it prints are kernel times, not end-to-end speed
-(that is ``alpha bench``).
+(that is ``alpha bench``). With ``--list`` it also prints the last step's kernels in order and,
+per CUDA stream, the time kernels ran on it, how much of that ran beside the other streams, and
+the time within the step when no kernel ran at all.
 """
 
 from __future__ import annotations
@@ -31,6 +33,50 @@ from alpha.train.trainer import RunContext, Trainer
 
 class _Tok:
     eot_id = 0
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _length(intervals: list[tuple[float, float]]) -> float:
+    return sum(end - start for start, end in intervals)
+
+
+def _intersection(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def stream_summary(kernels: list[tuple[int, float, float]]) -> list[str]:
+    """Lines on (stream, start us, end us) kernels: the span, each stream's busy time and the
+    part of it that overlapped another stream's kernels, and the time no kernel ran."""
+    span_start = min(k[1] for k in kernels)
+    span = max(k[2] for k in kernels) - span_start
+    busy = {s: _union([(a, b) for t, a, b in kernels if t == s]) for s in sorted({k[0] for k in kernels})}
+    anything = _union([(a, b) for _, a, b in kernels])
+    idle = span - _length(anything)
+    lines = [f"step span {span / 1000:.3f} ms; no kernel running for {idle / 1000:.3f} ms"]
+    for stream, mine in busy.items():
+        others = _union([iv for s, ivs in busy.items() if s != stream for iv in ivs])
+        count = sum(1 for k in kernels if k[0] == stream)
+        lines.append(
+            f"stream {stream}: {count} kernels, busy {_length(mine) / 1000:.3f} ms, "
+            f"{_intersection(mine, others) / 1000:.3f} ms of it beside another stream"
+        )
+    return lines
 
 
 def main() -> None:
@@ -111,7 +157,11 @@ def main() -> None:
         last = kernels[len(kernels) - len(kernels) // args.steps :]
         print(f"\nkernels of the last step, in order ({len(last)}):")
         for e in last:
-            print(f"{e.time_range.elapsed_us():8.1f} us  {e.name[:160]}")
+            print(f"{e.time_range.elapsed_us():8.1f} us  s{e.device_resource_id}  {e.name[:150]}")
+        print()
+        spans = [(e.device_resource_id, float(e.time_range.start), float(e.time_range.end)) for e in last]
+        for line in stream_summary(spans):
+            print(line)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ the seed model by default (dim 384, 8 heads, 8 layers, block 512, batch 20, voca
 ``--baseline`` a plain PyTorch loop of the same model in the same process: forward (fp32 residual
 stream, ``F.cross_entropy`` on fp32 logits, as plain autocast code has them), backward,
 ``clip_grad_norm_``, AdamW, with the same precision and compile settings (``--baseline-mode``
-picks the baseline's compile mode). Prints ms/step, tokens/s, MFU and peak memory.
+picks the baseline's compile mode). Prints ms/step, tokens/s, MFU and peak memory, and on an
+NVIDIA GPU the SM clock, power and temperature it ran at while timed (``alpha.train.gpu_probe``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import sys
 import time
 from dataclasses import replace
 from typing import Any
+
+from alpha.train.gpu_probe import GpuProbe, describe
 
 HELP = "measure training-step speed (tokens/s, MFU, memory) on random tokens"
 
@@ -137,15 +140,23 @@ def run(args: argparse.Namespace) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
+    probe = GpuProbe.for_device(device)
+    readings: list[dict[str, float | None] | None] = []
+
     def measure(step_fn: Any) -> float:
         for i in range(args.warmup_steps):
             step_fn(i)
         sync()
+        if probe is not None:  # started outside the timed loop; its query lands while steps run
+            probe.start()
         t0 = time.perf_counter()
         for i in range(args.steps):
             step_fn(args.warmup_steps + i)
         sync()
-        return (time.perf_counter() - t0) / args.steps
+        seconds = (time.perf_counter() - t0) / args.steps
+        if probe is not None:
+            readings.append(probe.finish())
+        return seconds
 
     class _Tokenizer:  # bench never samples; the trainer only needs the attribute
         eot_id = 0
@@ -180,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
         trainer._pending.clear()
 
     results["alpha"] = _report(_median(measure, ours, args.repeat), tokens_per_step, flops, peak, device)
+    if probe is not None:
+        results["alpha"]["gpu"] = readings[-1]
     if args.baseline:
         del trainer
         torch.manual_seed(0)
@@ -202,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
             peak,
             device,
         )
+        if probe is not None:
+            results["baseline"]["gpu"] = readings[-1]
         results["speedup"] = results["baseline"]["ms_per_step"] / results["alpha"]["ms_per_step"]
     results["params"] = n_params
     results["flops_per_token"] = flops
@@ -344,5 +359,7 @@ def _print_table(results: dict) -> None:
                 f"{name:>9}: {r['ms_per_step']:8.2f} ms/step | {r['tokens_per_sec']:>12,.0f} tok/s "
                 f"| MFU {mfu} | peak mem {r['peak_mem_gb']:.2f} GB\n"
             )
+            if "gpu" in r:
+                sys.stdout.write(f"{'':>9}  GPU while timed: {describe(r['gpu'])}\n")
     if "speedup" in results:
         sys.stdout.write(f"alpha / baseline speed: {results['speedup']:.3f}x\n")

@@ -8,6 +8,7 @@ Skipped without CUDA (CI is CPU-only); run on a GPU machine with ``pytest -m gpu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -84,6 +85,8 @@ def test_bench_on_cuda_reports_both_loops(tmp_path: Path) -> None:
     for loop in ("alpha", "baseline"):
         assert report[loop]["tokens_per_sec"] > 0 and report[loop]["peak_mem_gb"] > 0
         assert 0 < report[loop]["mfu"] < 1
+        if shutil.which("nvidia-smi"):  # the GPU's clock while timed, read by the UUID query
+            assert report[loop]["gpu"] is not None and report[loop]["gpu"]["sm_clock_mhz"] > 0
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

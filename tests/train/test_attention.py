@@ -273,3 +273,20 @@ def test_a_captured_graph_draws_a_new_dropout_mask_at_every_replay() -> None:
         first = out.clone()
         graph.replay()
         assert not torch.equal(first, out)
+
+
+@needs_kernels
+def test_the_rowsum_pass_reads_in_16_byte_vectors() -> None:
+    """rowsum(dO ∘ O) is a pass over two (B, T, C) tensors: with the head size known to the
+    compiler its loads are vectors (computed at run time it gave scalar 2-byte loads)."""
+    from alpha.model import attention_kernels
+
+    rows, hd = 4096, 48
+    out = torch.randn(rows, hd, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn_like(out)
+    delta = torch.empty(rows, device="cuda")
+    compiled = attention_kernels._attention_delta_kernel[(rows // attention_kernels.DELTA_BLOCK,)](
+        out, grad, delta, rows, BLOCK=attention_kernels.DELTA_BLOCK, HD=hd, D=64, num_warps=4
+    )
+    torch.testing.assert_close(delta, (out.float() * grad.float()).sum(1), atol=1e-3, rtol=1e-4)
+    assert "ld.global.v4" in compiled.asm["ptx"]
