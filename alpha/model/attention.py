@@ -12,7 +12,7 @@ than cuDNN's without dropout: ``FORWARD_KERNEL``.)
 
 Attention dropout (the chat preset's 0.1) runs in our kernels too, forward and backward: a seed
 tensor drawn on the device each call (``new_seed``, so a captured step draws a new one at every
-replay) keys a Philox mask that both directions draw again from the scores' coordinates, so
+replay) keys a mask hashed from the scores' coordinates, which both directions draw again, so
 nothing of the mask is stored.
 
 Elsewhere the op is PyTorch: the same maths in at least float32 (the op's reference, and its form
@@ -172,7 +172,7 @@ def reference_mask(
     seed: torch.Tensor, batch: int, n_head: int, T: int, dropout_p: float, device: torch.device
 ) -> torch.Tensor:
     """The reference's (B, H, T, T) mask of kept probabilities: a CPU generator seeded from
-    ``seed`` (the kernels draw theirs by Philox on the GPU: another mask for the same seed)."""
+    ``seed`` (the kernels hash theirs on the GPU: another mask for the same seed)."""
     generator = torch.Generator().manual_seed(int(seed.item()))
     return (torch.rand(batch, n_head, T, T, generator=generator) >= dropout_p).to(device)
 

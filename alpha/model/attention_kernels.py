@@ -68,17 +68,31 @@ def _forward_over_keys(
 
 
 @triton.jit
+def _hash(x):
+    """A 32-bit integer hash (Wellons' lowbias32): two multiplies and three xor-shifts."""
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
 def _kept(seed, bh, first_query, first_key, T, p_drop, BQ: tl.constexpr, BK: tl.constexpr):
     """Attention dropout's mask of the (BQ, BK) tile of scores at (first_query, first_key) of head
-    ``bh``: True where the probability is kept. Each group of four keys of a query row takes the
-    four numbers of one Philox draw, at a counter that depends only on the head, the query and
-    the group, so every tiling and orientation of the scores sees the same mask."""
+    ``bh``: True where the probability is kept. Each score takes a 32-bit hash of its place in the
+    head (query · T + key) mixed with a hash of the seed and the head, kept when it is at least
+    p_drop · 2³², so the mask depends only on the seed, the head, the query and the key: every
+    tiling and orientation of the scores sees the same one. A hash is far less integer work than
+    Philox (ten rounds of multiplies for four numbers), which with a head of 48 weighs as much as
+    the matrix products."""
     queries = first_query + tl.arange(0, BQ)
-    groups = first_key // 4 + tl.arange(0, BK // 4)
-    counter = (bh.to(tl.int64) * T + queries[:, None]) * (T // 4) + groups[None, :]
-    r0, r1, r2, r3 = tl.randint4x(seed, counter)
-    r = tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BQ, BK))
-    return tl.random.uint_to_uniform_float(r) >= p_drop
+    keys = first_key + tl.arange(0, BK)
+    head = _hash(seed.to(tl.uint32) ^ _hash(bh.to(tl.uint32) + 0x9E3779B9))
+    place = (queries[:, None] * T + keys[None, :]).to(tl.uint32)
+    threshold = tl.cast(p_drop * 4294967296.0, tl.uint32)
+    return _hash(place ^ head) >= threshold
 
 
 @triton.jit
