@@ -1,6 +1,6 @@
 """Time causal attention for the seed shape: PyTorch's SDPA (cuDNN) against ``alpha::causal_attention``.
 
-    python scripts/bench_attention.py [--batch 20 128] [--sweep]
+    python scripts/bench_attention.py [--batch 20 128] [--sweep] [--dropout 0.1]
 
 Per layer, forward alone and forward + backward, from the qkv projection's (B, T, 3C) output to
 its gradient, as a step has them: SDPA on views of q, k and v (its output back to (B, T, C), its
@@ -32,14 +32,19 @@ def layer_time(fn: Callable[[], object]) -> float:
     return graph_time(fn, [()], calls=1) / LAYERS
 
 
+DROPOUT = 0.0  # --dropout
+
+
 def sdpa(qkv: torch.Tensor) -> torch.Tensor:
     B = qkv.shape[0]
     q, k, v = (t.view(B, T, HEADS, HEAD_DIM).transpose(1, 2) for t in qkv.split(C, dim=2))
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+    y = F.scaled_dot_product_attention(q, k, v, dropout_p=DROPOUT, is_causal=True)
+    return y.transpose(1, 2).reshape(B, T, C)
 
 
 def ours(qkv: torch.Tensor) -> torch.Tensor:
-    return attention.causal_attention(qkv, HEADS)[0]
+    seed = attention.new_seed(qkv.device) if DROPOUT > 0 else None
+    return attention.causal_attention(qkv, HEADS, DROPOUT, seed)[0]
 
 
 def time_path(fn: Callable[[torch.Tensor], torch.Tensor], xs: list, grads: list) -> tuple[float, float]:
@@ -59,7 +64,8 @@ def sweep(xs: list, grads: list) -> None:
     from alpha.model import attention_kernels
 
     inputs = [x.detach() for x in xs]
-    saved = [attention.causal_attention(x, HEADS) for x in inputs]
+    seed = attention.new_seed(inputs[0].device) if DROPOUT > 0 else None
+    saved = [attention.causal_attention(x, HEADS, DROPOUT, seed) for x in inputs]
     results = []
     for bm, bn, warps, stages in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4]):
         if bn > bm:
@@ -67,7 +73,9 @@ def sweep(xs: list, grads: list) -> None:
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
         try:
             us = layer_time(
-                lambda cfg=cfg: [attention_kernels.attention_forward(x, HEADS, config=cfg) for x in inputs]
+                lambda cfg=cfg: [
+                    attention_kernels.attention_forward(x, HEADS, DROPOUT, seed, config=cfg) for x in inputs
+                ]
             )
         except Exception as e:  # a config the GPU cannot hold (shared memory, registers)
             print(f"  forward {cfg}: {type(e).__name__}", file=sys.stderr)
@@ -79,7 +87,7 @@ def sweep(xs: list, grads: list) -> None:
         try:
             us = layer_time(
                 lambda cfg=cfg: [
-                    attention_kernels.attention_backward(g, x, o, lse, HEADS, config=cfg)
+                    attention_kernels.attention_backward(g, x, o, lse, HEADS, DROPOUT, seed, config=cfg)
                     for x, g, (o, lse) in zip(inputs, grads, saved, strict=True)
                 ]
             )
@@ -97,7 +105,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[20, 128])
     parser.add_argument("--sweep", action="store_true", help="time the kernels' block configurations")
+    parser.add_argument("--dropout", type=float, default=0.0, help="attention dropout (both paths)")
     args = parser.parse_args()
+    global DROPOUT
+    DROPOUT = args.dropout
     if not torch.cuda.is_available():
         print("bench_attention: needs a CUDA GPU", file=sys.stderr)
         sys.exit(2)
@@ -108,7 +119,7 @@ def main() -> None:
             for _ in range(LAYERS)
         ]
         grads = [torch.randn(batch, T, C, device="cuda", dtype=torch.bfloat16) for _ in range(LAYERS)]
-        print(f"batch {batch}, T {T}, {HEADS} heads of {HEAD_DIM}, bf16, us per layer:")
+        print(f"batch {batch}, T {T}, {HEADS} heads of {HEAD_DIM}, bf16, dropout {DROPOUT}, us per layer:")
         for name, fn in (("sdpa (cuDNN)", sdpa), ("alpha::causal_attention", ours)):
             forward, both = time_path(fn, xs, grads)
             print(f"  {name:24s} forward {forward:6.1f} | forward + backward {both:6.1f}")

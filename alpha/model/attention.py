@@ -8,11 +8,17 @@ of ``alpha.model.attention_kernels``: they take a head dimension of 48 as 32 + 1
 of padding it to 64, accumulate dq without a float32 buffer, and write the three gradients into
 one tensor. Around cuDNN's own backward the step paid for the padding, for its float32 dq and the
 conversion, and for concatenating dq, dk and dv. (Our forward kernel is there too, a little slower
-than cuDNN's: ``FORWARD_KERNEL``.)
+than cuDNN's without dropout: ``FORWARD_KERNEL``.)
+
+Attention dropout (the chat preset's 0.1) runs in our kernels too, forward and backward: a seed
+tensor drawn on the device each call (``new_seed``, so a captured step draws a new one at every
+replay) keys a mask hashed from the scores' coordinates, which both directions draw again, so
+nothing of the mask is stored.
 
 Elsewhere the op is PyTorch: the same maths in at least float32 (the op's reference, and its form
-on the CPU). The model uses the op where its kernels apply (``applies``); otherwise, and for
-dropout, soft-capped scores or a key/value cache, it keeps ``scaled_dot_product_attention``.
+on the CPU), with its own dropout mask from the seed. The model uses the op where its kernels
+apply (``applies``); otherwise, and for soft-capped scores or a key/value cache, it keeps
+``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from alpha.model.kernel_support import kernels_available
 # which writes its output in the (B, T, H, d) layout of q and returns the rows' log-sum-exp) or
 # ours ("triton"); the backward is always ours
 FORWARD_KERNEL = "cudnn"
+# attention dropout through the op too (then the forward is ours: cuDNN's mask cannot be drawn
+# again in our backward); False leaves dropout to scaled_dot_product_attention
+KERNEL_DROPOUT = True
 BLOCK = 64  # sequence lengths the kernels take are multiples of this
 
 
@@ -64,15 +73,19 @@ def _ampere_or_later(index: int) -> bool:
 
 
 @torch.library.custom_op("alpha::causal_attention", mutates_args=())
-def causal_attention(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax(q kᵀ / √d, causal) v as (B, T, C), the rows' natural log-sum-exp as (B, H, T))."""
+def causal_attention(
+    qkv: torch.Tensor, n_head: int, dropout_p: float = 0.0, seed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dropout(softmax(q kᵀ / √d, causal)) v as (B, T, C), the rows' natural log-sum-exp as
+    (B, H, T)). With ``dropout_p`` > 0 the one-element int64 tensor ``seed`` draws the mask, the
+    same in the forward and the backward."""
     if applies(qkv, n_head):
-        if FORWARD_KERNEL == "cudnn" and torch.backends.cudnn.is_available():
+        if dropout_p == 0 and FORWARD_KERNEL == "cudnn" and torch.backends.cudnn.is_available():
             return _cudnn_forward(qkv, n_head)
         from alpha.model.attention_kernels import attention_forward
 
-        return attention_forward(qkv.contiguous(), n_head)
-    return reference_forward(qkv, n_head)
+        return attention_forward(qkv.contiguous(), n_head, dropout_p, seed)
+    return reference_forward(qkv, n_head, dropout_p, seed)
 
 
 def _cudnn_forward(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +97,9 @@ def _cudnn_forward(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.
 
 
 @causal_attention.register_fake
-def _(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _(
+    qkv: torch.Tensor, n_head: int, dropout_p: float = 0.0, seed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     B, T, c3 = qkv.shape
     out = qkv.new_empty(B, T, c3 // 3)
     lse = qkv.new_empty(B, n_head, T, dtype=torch.float32)
@@ -93,38 +108,73 @@ def _(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.library.custom_op("alpha::causal_attention_backward", mutates_args=())
 def causal_attention_backward(
-    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, n_head: int
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    n_head: int,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The (B, T, 3C) gradient of qkv."""
     if applies(qkv, n_head):
         from alpha.model.attention_kernels import attention_backward
 
         return attention_backward(
-            grad_out.contiguous(), qkv.contiguous(), out.contiguous(), lse.contiguous(), n_head
+            grad_out.contiguous(),
+            qkv.contiguous(),
+            out.contiguous(),
+            lse.contiguous(),
+            n_head,
+            dropout_p,
+            seed,
         )
-    return reference_backward(grad_out, qkv, out, lse, n_head)
+    return reference_backward(grad_out, qkv, out, lse, n_head, dropout_p, seed)
 
 
 @causal_attention_backward.register_fake
 def _(
-    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, n_head: int
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    n_head: int,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     return torch.empty_like(qkv, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    qkv, n_head = inputs
+    qkv, n_head, dropout_p, seed = inputs
     out, lse = output
-    ctx.save_for_backward(qkv, out, lse)
+    ctx.save_for_backward(qkv, out, lse, seed)
     ctx.n_head = n_head
+    ctx.dropout_p = dropout_p
 
 
 def _backward(ctx: Any, grad_out: torch.Tensor, _grad_lse: torch.Tensor) -> tuple:
-    qkv, out, lse = ctx.saved_tensors
-    return causal_attention_backward(grad_out, qkv, out, lse, ctx.n_head), None
+    qkv, out, lse, seed = ctx.saved_tensors
+    grad = causal_attention_backward(grad_out, qkv, out, lse, ctx.n_head, ctx.dropout_p, seed)
+    return grad, None, None, None
 
 
 causal_attention.register_autograd(_backward, setup_context=_setup_context)
+
+
+def new_seed(device: torch.device) -> torch.Tensor:
+    """A fresh seed for the op's dropout, drawn from the device's generator (so a captured CUDA
+    graph draws a new one at every replay)."""
+    return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
+
+
+def reference_mask(
+    seed: torch.Tensor, batch: int, n_head: int, T: int, dropout_p: float, device: torch.device
+) -> torch.Tensor:
+    """The reference's (B, H, T, T) mask of kept probabilities: a CPU generator seeded from
+    ``seed`` (the kernels hash theirs on the GPU: another mask for the same seed)."""
+    generator = torch.Generator().manual_seed(int(seed.item()))
+    return (torch.rand(batch, n_head, T, T, generator=generator) >= dropout_p).to(device)
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
@@ -151,17 +201,27 @@ def _probabilities(
     return torch.exp(scores - lse[..., None]), lse
 
 
-def reference_forward(qkv: torch.Tensor, n_head: int) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_forward(
+    qkv: torch.Tensor, n_head: int, dropout_p: float = 0.0, seed: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The op's maths in PyTorch, at least in float32."""
     B, T, c3 = qkv.shape
     q, k, v = _heads(qkv, n_head)
     p, lse = _probabilities(q, k)
+    if dropout_p > 0:
+        p = p * reference_mask(seed, B, n_head, T, dropout_p, qkv.device) / (1 - dropout_p)
     out = (p @ v).transpose(1, 2).reshape(B, T, c3 // 3)
     return out.to(qkv.dtype), lse.float().contiguous()
 
 
 def reference_backward(
-    grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, n_head: int
+    grad_out: torch.Tensor,
+    qkv: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    n_head: int,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The gradient of qkv in PyTorch (at least float32), from the forward's saved log-sum-exp."""
     B, T, c3 = qkv.shape
@@ -170,8 +230,11 @@ def reference_backward(
     p, _ = _probabilities(q, k, lse)
     do = grad_out.to(q.dtype).view(B, T, n_head, d).transpose(1, 2)
     o = out.to(q.dtype).view(B, T, n_head, d).transpose(1, 2)
-    dv = p.transpose(-1, -2) @ do
-    dp = do @ v.transpose(-1, -2)
+    kept = 1.0
+    if dropout_p > 0:
+        kept = reference_mask(seed, B, n_head, T, dropout_p, qkv.device) / (1 - dropout_p)
+    dv = (p * kept).transpose(-1, -2) @ do
+    dp = (do @ v.transpose(-1, -2)) * kept
     delta = (do * o).sum(-1, keepdim=True)
     ds = p * (dp - delta) / math.sqrt(d)
     dq = ds @ k

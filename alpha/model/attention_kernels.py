@@ -8,7 +8,9 @@ so a head of 48 costs 48 columns of work instead of the 64 that a power-of-two t
 
 Forward: FlashAttention's online softmax, one program a block of queries and a head, blocks of
 keys below the diagonal without masks, the diagonal's with. It stores the log-sum-exp of every
-row (natural, as cuDNN's forward does) for the backward.
+row (natural, as cuDNN's forward does) for the backward. Under dropout the probabilities are
+dropped after the row sums and the output scaled by 1 / (1 - p); the mask (``_kept``) is drawn
+from the scores' coordinates, so the backward draws the same one in its own tiles.
 
 Backward: FlashAttention-2's split, as in Triton's fused-attention tutorial. After a pass for
 D = rowsum(dO ∘ O), one program a block of keys accumulates dk and dv over the queries that see
@@ -58,10 +60,12 @@ def _store_rows(base, rows, stride, c0, c1, x0, x1, scale, dtype: tl.constexpr):
 @triton.jit
 def _forward_over_keys(
     q0, q1, acc0, acc1, m_i, l_i, k_base, v_base, row, qk_scale, offs_m, c0, c1,
-    first_key, end_key, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr,
+    first_key, end_key, seed, bh, first_query, T, p_drop,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL_MASK: tl.constexpr, DROPOUT: tl.constexpr,
 ):  # fmt: skip
-    """The online softmax of a block of queries over the keys [first_key, end_key), BLOCK_N at a
-    time; CAUSAL_MASK where some of those keys lie after some of the queries."""
+    """The online softmax of a block of queries (BLOCK_M from first_query: offs_m) over the keys
+    [first_key, end_key), BLOCK_N at a time; CAUSAL_MASK where some of those keys lie after some
+    of the queries; under DROPOUT the probabilities summed into the output drop by the mask."""
     for start_n in range(first_key, end_key, BLOCK_N):
         keys = start_n + tl.arange(0, BLOCK_N)
         kt0, kt1 = _load_rows_t(k_base, keys, row, c0, c1)
@@ -74,6 +78,8 @@ def _forward_over_keys(
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         v0, v1 = _load_rows(v_base, keys, row, c0, c1)
+        if DROPOUT:
+            p = tl.where(_kept(seed, bh, first_query, start_n, T, p_drop, BLOCK_M, BLOCK_N), p, 0.0)
         p16 = p.to(v0.dtype)
         acc0 = tl.dot(p16, v0, acc0 * alpha[:, None])
         acc1 = tl.dot(p16, v1, acc1 * alpha[:, None])
@@ -82,18 +88,49 @@ def _forward_over_keys(
 
 
 @triton.jit
+def _hash(x):
+    """A 32-bit integer hash (Wellons' lowbias32): two multiplies and three xor-shifts."""
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def _kept(seed, bh, first_query, first_key, T, p_drop, BQ: tl.constexpr, BK: tl.constexpr):
+    """Attention dropout's mask of the (BQ, BK) tile of scores at (first_query, first_key) of head
+    ``bh``: True where the probability is kept. Each score takes a 32-bit hash of its place in the
+    head (query · T + key) mixed with a hash of the seed and the head, kept when it is at least
+    p_drop · 2³², so the mask depends only on the seed, the head, the query and the key: every
+    tiling and orientation of the scores sees the same one. A hash is far less integer work than
+    Philox (ten rounds of multiplies for four numbers), which with a head of 48 weighs as much as
+    the matrix products."""
+    queries = first_query + tl.arange(0, BQ)
+    keys = first_key + tl.arange(0, BK)
+    head = _hash(seed.to(tl.uint32) ^ _hash(bh.to(tl.uint32) + 0x9E3779B9))
+    place = (queries[:, None] * T + keys[None, :]).to(tl.uint32)
+    threshold = tl.cast(p_drop * 4294967296.0, tl.uint32)
+    return _hash(place ^ head) >= threshold
+
+
+@triton.jit
 def _attention_forward_kernel(
     QKV,
     OUT,
     LSE,
+    SEED,
     T,
     H,
     C,
     qk_scale,
+    p_drop,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     D0: tl.constexpr,
     D1: tl.constexpr,
+    DROPOUT: tl.constexpr,
 ):
     start_m = tl.program_id(0) * BLOCK_M
     bh = tl.program_id(1)
@@ -111,17 +148,23 @@ def _attention_forward_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc0 = tl.zeros([BLOCK_M, D0], tl.float32)
     acc1 = tl.zeros([BLOCK_M, D1], tl.float32)
+    if DROPOUT:
+        seed = tl.load(SEED)
+    else:
+        seed = 0
     # keys below the block's first query, visible to every row; then the diagonal's, masked
     acc0, acc1, m_i, l_i = _forward_over_keys(
         q0, q1, acc0, acc1, m_i, l_i, k_base, v_base, row, qk_scale, offs_m, c0, c1,
-        0, start_m, BLOCK_N, False,
+        0, start_m, seed, bh, start_m, T, p_drop, BLOCK_M, BLOCK_N, False, DROPOUT,
     )  # fmt: skip
     acc0, acc1, m_i, l_i = _forward_over_keys(
         q0, q1, acc0, acc1, m_i, l_i, k_base, v_base, row, qk_scale, offs_m, c0, c1,
-        start_m, start_m + BLOCK_M, BLOCK_N, True,
+        start_m, start_m + BLOCK_M, seed, bh, start_m, T, p_drop, BLOCK_M, BLOCK_N, True, DROPOUT,
     )  # fmt: skip
     o_base = OUT + b.to(tl.int64) * T * C + h * (D0 + D1)
     inv = 1.0 / l_i
+    if DROPOUT:
+        inv = inv / (1.0 - p_drop)
     _store_rows(o_base, offs_m, C, c0, c1, acc0, acc1, inv[:, None], OUT.dtype.element_ty)
     tl.store(LSE + bh.to(tl.int64) * T + offs_m, (m_i + tl.math.log2(l_i)) * _LN2)
 
@@ -147,16 +190,19 @@ def _attention_backward_kernel(
     DQKV,
     LSE,
     DELTA,
+    SEED,
     T,
     H,
     C,
     qk_scale,
     sm_scale,
+    p_drop,
     BLOCK_M1: tl.constexpr,
     BLOCK_N1: tl.constexpr,
     BLOCK_N2: tl.constexpr,
     D0: tl.constexpr,
     D1: tl.constexpr,
+    DROPOUT: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -173,6 +219,11 @@ def _attention_backward_kernel(
     delta_base = DELTA + b.to(tl.int64) * T * H + h  # (B, T, H)
     c0 = tl.arange(0, D0)
     c1 = D0 + tl.arange(0, D1)
+    if DROPOUT:
+        seed = tl.load(SEED)
+    else:
+        seed = 0
+    keep_scale = 1.0 / (1.0 - p_drop)
 
     # dk, dv of the keys [start_n, start_n + BLOCK_N1), over the queries at or after them
     start_n = pid * BLOCK_N1
@@ -194,12 +245,18 @@ def _attention_backward_kernel(
         if start_m < start_n + BLOCK_N1:
             pt = tl.where(queries[None, :] >= keys[:, None], pt, 0.0)
         do0, do1 = _load_rows(do_base, queries, C, c0, c1)
-        pt16 = pt.to(do0.dtype)
+        if DROPOUT:
+            kept = tl.trans(_kept(seed, bh, start_m, start_n, T, p_drop, BLOCK_M1, BLOCK_N1))
+            pt16 = tl.where(kept, pt * keep_scale, 0.0).to(do0.dtype)
+        else:
+            pt16 = pt.to(do0.dtype)
         dv0 = tl.dot(pt16, do0, dv0)
         dv1 = tl.dot(pt16, do1, dv1)
         delta = tl.load(delta_base + queries * H)
         dpt = tl.dot(v0, tl.trans(do0))
         dpt = tl.dot(v1, tl.trans(do1), dpt)
+        if DROPOUT:
+            dpt = tl.where(kept, dpt * keep_scale, 0.0)
         dst = (pt * (dpt - delta[None, :])).to(qt0.dtype)
         dk0 = tl.dot(dst, tl.trans(qt0), dk0)
         dk1 = tl.dot(dst, tl.trans(qt1), dk1)
@@ -228,6 +285,9 @@ def _attention_backward_kernel(
             p = tl.where(queries[:, None] >= ks[None, :], p, 0.0)
         dp = tl.dot(do0, vt0)
         dp = tl.dot(do1, vt1, dp)
+        if DROPOUT:
+            kept = _kept(seed, bh, start_m, start_k, T, p_drop, BLOCK_N1, BLOCK_N2)
+            dp = tl.where(kept, dp * keep_scale, 0.0)
         ds = (p * (dp - delta[:, None])).to(q0.dtype)
         dq0 = tl.dot(ds, tl.trans(kt0), dq0)
         dq1 = tl.dot(ds, tl.trans(kt1), dq1)
@@ -241,10 +301,15 @@ DELTA_BLOCK = 128
 
 
 def attention_forward(
-    qkv: torch.Tensor, n_head: int, config: dict | None = None
+    qkv: torch.Tensor,
+    n_head: int,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
+    config: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the output as (B, T, C), the rows' log-sum-exp as (B, H, T) fp32) of causal attention over a
-    contiguous (B, T, 3C) qkv."""
+    contiguous (B, T, 3C) qkv; with ``dropout_p`` > 0 the probabilities are dropped by the mask
+    that the one-element int64 tensor ``seed`` draws (``dropout_mask``)."""
     cfg = config or FORWARD
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -257,14 +322,17 @@ def attention_forward(
         qkv,
         out,
         lse,
+        lse if seed is None else seed,
         T,
         n_head,
         C,
         scale * LOG2E,
+        dropout_p,
         BLOCK_M=cfg["BLOCK_M"],
         BLOCK_N=cfg["BLOCK_N"],
         D0=d0,
         D1=d1,
+        DROPOUT=dropout_p > 0,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
@@ -277,9 +345,12 @@ def attention_backward(
     out: torch.Tensor,
     lse: torch.Tensor,
     n_head: int,
+    dropout_p: float = 0.0,
+    seed: torch.Tensor | None = None,
     config: dict | None = None,
 ) -> torch.Tensor:
-    """The (B, T, 3C) gradient of causal attention's qkv, from the contiguous output gradient."""
+    """The (B, T, 3C) gradient of causal attention's qkv, from the contiguous output gradient
+    (and the forward's dropout and seed)."""
     cfg = config or BACKWARD
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -306,17 +377,38 @@ def attention_backward(
         dqkv,
         lse,
         delta,
+        lse if seed is None else seed,
         T,
         n_head,
         C,
         scale * LOG2E,
         scale,
+        dropout_p,
         BLOCK_M1=cfg["BLOCK_M1"],
         BLOCK_N1=cfg["BLOCK_N1"],
         BLOCK_N2=cfg["BLOCK_N2"],
         D0=d0,
         D1=d1,
+        DROPOUT=dropout_p > 0,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
     return dqkv
+
+
+@triton.jit
+def _dropout_mask_kernel(SEED, MASK, T, p_drop, BQ: tl.constexpr, BK: tl.constexpr):
+    first_query = tl.program_id(0) * BQ
+    first_key = tl.program_id(1) * BK
+    bh = tl.program_id(2)
+    kept = _kept(tl.load(SEED), bh, first_query, first_key, T, p_drop, BQ, BK)
+    queries = first_query + tl.arange(0, BQ)
+    keys = first_key + tl.arange(0, BK)
+    tl.store(MASK + (bh.to(tl.int64) * T + queries[:, None]) * T + keys[None, :], kept)
+
+
+def dropout_mask(seed: torch.Tensor, batch: int, n_head: int, T: int, dropout_p: float) -> torch.Tensor:
+    """The (B, H, T, T) boolean mask of kept probabilities that the kernels draw from ``seed``."""
+    mask = torch.empty(batch, n_head, T, T, device=seed.device, dtype=torch.bool)
+    _dropout_mask_kernel[(T // 32, T // 32, batch * n_head)](seed, mask, T, dropout_p, BQ=32, BK=32)
+    return mask

@@ -6,12 +6,12 @@ do. Initialisation is GPT-2's: N(0, 0.02), residual projections scaled by 1/sqrt
 
 Under bf16 autocast the residual stream itself is bf16 (Megatron-LM's default; ``fp32_residual``
 keeps it in fp32), which halves the memory traffic of every residual add and LayerNorm, forward
-and backward. Attention is ``alpha::causal_attention`` (``alpha.model.attention``: cuDNN's forward
-and a Triton backward over the qkv projection's output) where its kernels apply, and otherwise
-(dropout, a key/value cache, the CPU) ``scaled_dot_product_attention``; a tanh soft-cap on the
-scores needs the explicit path. The loss is ``losses.cross_entropy``, which never materialises
-fp32 log-probabilities; while gradients are taken on CUDA the head and the loss are one function
-(``alpha.model.head_loss``) that computes the logits' gradient in the forward pass.
+and backward. Attention is ``alpha::causal_attention`` (``alpha.model.attention``: cuDNN's forward,
+or ours under dropout, and a Triton backward, over the qkv projection's output) where its kernels
+apply, and otherwise (a key/value cache, the CPU) ``scaled_dot_product_attention``; a tanh
+soft-cap on the scores needs the explicit path. The loss is ``losses.cross_entropy``, which never
+materialises fp32 log-probabilities; while gradients are taken on CUDA the head and the loss are one
+function (``alpha.model.head_loss``) that computes the logits' gradient in the forward pass.
 
 ``forward`` also runs incremental decoding with a per-layer KV cache (``KVCache``), used by
 sampling; training never passes a cache.
@@ -62,7 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.wqkv = Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.wo = Linear(cfg.n_embd, cfg.n_embd)
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        # alpha::causal_attention where its kernels apply (no dropout, cache or soft cap); False
+        # alpha::causal_attention where its kernels apply (no cache or soft cap); False
         # keeps scaled_dot_product_attention everywhere (the plain loop of ``alpha bench``)
         self.use_kernels = True
 
@@ -73,11 +73,12 @@ class CausalSelfAttention(nn.Module):
         if (
             self.use_kernels
             and cache is None
-            and dropout == 0.0
+            and (dropout == 0.0 or attention_op.KERNEL_DROPOUT)
             and self.soft_cap <= 0
             and attention_op.applies(qkv, self.n_head)
         ):
-            y, _ = attention_op.causal_attention(qkv, self.n_head)
+            seed = attention_op.new_seed(qkv.device) if dropout > 0 else None
+            y, _ = attention_op.causal_attention(qkv, self.n_head, dropout, seed)
             return self.resid_dropout(self.wo(y))
         q, k, v = qkv.split(C, dim=2)
         q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)

@@ -56,6 +56,26 @@ def test_the_op_passes_torchs_op_checks() -> None:
     torch.library.opcheck(torch.ops.alpha.causal_attention.default, (qkv, 2))
 
 
+def test_the_ops_dropout_is_one_mask_a_seed_in_value_and_gradient_off_cuda() -> None:
+    """With dropout the op is a deterministic function of qkv for a given seed (the same mask in
+    the forward and the backward: gradcheck in float64), a different one for another seed, and
+    its expected value is attention without dropout."""
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 8, 3 * 2 * 16, dtype=torch.float64, requires_grad=True)
+    seed = torch.tensor([7])
+    torch.autograd.gradcheck(lambda x: attention.causal_attention(x, 2, 0.3, seed)[0], (qkv,))
+    a = attention.causal_attention(qkv, 2, 0.3, seed)[0]
+    assert torch.equal(a, attention.causal_attention(qkv, 2, 0.3, seed)[0])
+    assert not torch.equal(a, attention.causal_attention(qkv, 2, 0.3, torch.tensor([8]))[0])
+    many = torch.stack([attention.causal_attention(qkv, 2, 0.3, torch.tensor([s]))[0] for s in range(400)])
+    torch.testing.assert_close(many.mean(0), sdpa(qkv, 2), atol=0.1, rtol=0.1)
+
+
+def test_the_op_with_dropout_passes_torchs_op_checks() -> None:
+    qkv = torch.randn(2, 16, 3 * 2 * 16, requires_grad=True)
+    torch.library.opcheck(torch.ops.alpha.causal_attention.default, (qkv, 2, 0.1, torch.tensor([3])))
+
+
 def test_compiled_code_takes_where_the_op_applies_as_a_constant(monkeypatch: pytest.MonkeyPatch) -> None:
     """``applies`` (CUDA and Triton faked here, the GPU generation included) traces into one
     graph: no graph break, no trace into CUDA queries."""
@@ -97,6 +117,25 @@ def test_the_compiled_model_traces_the_op_whole_and_trains_as_with_sdpa(
     torch.testing.assert_close(loss, reference)
     for a, p in zip(ours, model.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-4)
+
+
+def test_compiled_code_draws_a_new_dropout_seed_at_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    from alpha.model.linear import compile_options
+
+    real = attention.applies
+    monkeypatch.setattr(attention, "applies", lambda qkv, n: torch.compiler.is_compiling() or real(qkv, n))
+    cfg = ModelConfig(vocab_size=64, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.1)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    for module in model.modules():  # attention's dropout the only randomness left
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    x, y = torch.randint(0, 64, (2, 64)), torch.randint(0, 64, (2, 64))
+    compiled = torch.compile(model, options=compile_options(model), fullgraph=True)
+    first, second = compiled(x, y), compiled(x, y)
+    assert first.item() != second.item()
+    second.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_heads_split_into_two_power_of_two_column_blocks() -> None:
@@ -184,6 +223,56 @@ def test_the_compiled_model_with_the_op_trains_as_with_sdpa() -> None:
     assert abs(losses[True] - losses[False]) < 2e-3
     cos = F.cosine_similarity(grads[True], grads[False], dim=0).item()
     assert cos > 0.999
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(2, 512, 8, 48), (3, 128, 4, 64)])
+def test_the_kernels_dropout_matches_attention_under_their_own_mask(shape: tuple[int, int, int, int]) -> None:
+    from alpha.model.attention_kernels import dropout_mask
+
+    B, T, H, d = shape
+    p = 0.1
+    torch.manual_seed(0)
+    qkv = torch.randn(B, T, 3 * H * d, device="cuda", dtype=torch.bfloat16)
+    grad = torch.randn(B, T, H * d, device="cuda", dtype=torch.bfloat16)
+    seed = attention.new_seed(torch.device("cuda"))
+    ours = qkv.clone().requires_grad_()
+    out, _ = attention.causal_attention(ours, H, p, seed)
+    out.backward(grad)
+    kept = dropout_mask(seed, B, H, T, p)
+    causal = torch.ones(T, T, dtype=torch.bool, device="cuda").tril()
+    rate = kept[..., causal].float().mean().item()
+    assert abs(rate - (1 - p)) < 0.01
+    assert not torch.equal(kept, dropout_mask(seed + 1, B, H, T, p))
+    exact = qkv.double().requires_grad_()
+    q, k, v = exact.view(B, T, 3, H, d).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(~causal, float("-inf"))
+    ref = ((scores.softmax(-1) * kept / (1 - p)) @ v).transpose(1, 2).reshape(B, T, H * d)
+    ref.backward(grad.double())
+    assert (out.double() - ref).abs().max().item() < 2e-2
+    assert (ours.grad.double() - exact.grad).abs().max().item() < 4e-2
+
+
+@needs_kernels
+def test_a_captured_graph_draws_a_new_dropout_mask_at_every_replay() -> None:
+    qkv = torch.randn(2, 128, 3 * 4 * 48, device="cuda", dtype=torch.bfloat16)
+
+    def step() -> torch.Tensor:
+        return attention.causal_attention(qkv, 4, 0.1, attention.new_seed(qkv.device))[0]
+
+    for fn in (step, torch.compile(step)):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = fn()
+        graph.replay()
+        first = out.clone()
+        graph.replay()
+        assert not torch.equal(first, out)
 
 
 @needs_kernels
