@@ -1,12 +1,16 @@
-"""Profile alpha's training step on CUDA (eager kernels, no graph) and print the top kernels.
+"""Profile alpha's training step on CUDA and print the top kernels.
 
     python scripts/profile_step.py --batch 128 [--steps 5]
     python scripts/profile_step.py --activation-graph '<JSON>' --activation-program  # a search candidate
+    python scripts/profile_step.py --batch 128 --graphed --list  # the captured step, as training runs it
 
 Used to decide which fusions pay; the figures it prints are kernel times, not end-to-end speed
 (that is ``alpha bench``). With ``--list`` it also prints the last step's kernels in order and,
 per CUDA stream, the time kernels ran on it, how much of that ran beside the other streams, and
-the time within the step when no kernel ran at all.
+the time within the step when no kernel ran at all. By default the step runs uncaptured, one
+launch a kernel, so the host's launches set its pace and the streams seldom overlap; with
+``--graphed`` the profiler traces replays of the trainer's captured step, whose kernels run back
+to back and beside each other as in training.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ def main() -> None:
     p.add_argument("--list", action="store_true", help="also list every kernel of the last step in order")
     p.add_argument("--activation-graph", default=None, help="JSON activation graph (composed)")
     p.add_argument("--activation-program", action="store_true", help="the graph as a search candidate")
+    p.add_argument("--graphed", action="store_true", help="profile replays of the captured step")
     args = p.parse_args()
     if args.activation_program and args.activation_graph is None:
         p.error("--activation-program needs --activation-graph")
@@ -106,7 +111,7 @@ def main() -> None:
         },
         {"data": "x", "batch_size": args.batch, "iters": 10**9, "compile": True, "eval_iters": 1},
     )
-    cfg.cuda_graphs = False
+    cfg.cuda_graphs = args.graphed
     model_cfg.vocab_size = 4000
     tokens = np.random.default_rng(0).integers(0, 4000, 2_000_000).astype(np.uint16)
     ctx = RunContext("prof", Path(tempfile.mkdtemp()), torch.device("cuda"), torch.bfloat16)
@@ -141,7 +146,11 @@ def main() -> None:
             trainer._train_step((0, 100 + i), 100 + i)
         torch.cuda.synchronize()
     trainer._pending.clear()
+    if args.graphed and trainer.graphed is None:
+        raise SystemExit("profile_step: the trainer did not capture its step (--graphed)")
     events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    if not events:
+        raise SystemExit("profile_step: the profiler recorded no kernels (graph replays untraced here?)")
     total = sum(e.self_device_time_total for e in events)
     print(f"total kernel time per step: {total / args.steps / 1000:.2f} ms")
     for e in sorted(events, key=lambda e: -e.self_device_time_total)[: args.top]:
