@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -98,6 +99,9 @@ def main() -> None:
     args = p.parse_args()
     if args.activation_program and args.activation_graph is None:
         p.error("--activation-program needs --activation-graph")
+    if not torch.cuda.is_available():
+        print("profile_step: needs a CUDA GPU", file=sys.stderr)
+        sys.exit(2)
     graph = None if args.activation_graph is None else json.loads(args.activation_graph)
     model_cfg, cfg = resolve(
         {
