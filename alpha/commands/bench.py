@@ -142,11 +142,14 @@ def run(args: argparse.Namespace) -> int:
 
     probe = GpuProbe.for_device(device)
     readings: list[dict[str, float | None] | None] = []
+    warmups: list[float] = []  # seconds of each measurement's untimed steps (compilation, capture)
 
     def measure(step_fn: Any) -> float:
+        started = time.perf_counter()
         for i in range(args.warmup_steps):
             step_fn(i)
         sync()
+        warmups.append(time.perf_counter() - started)
         if probe is not None:  # started outside the timed loop; its query lands while steps run
             probe.start()
         t0 = time.perf_counter()
@@ -191,6 +194,7 @@ def run(args: argparse.Namespace) -> int:
         trainer._pending.clear()
 
     results["alpha"] = _report(_median(measure, ours, args.repeat), tokens_per_step, flops, peak, device)
+    results["alpha"]["warmup_s"] = warmups[0]
     if probe is not None:
         results["alpha"]["gpu"] = readings[-1]
     if args.baseline:
@@ -215,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
             peak,
             device,
         )
+        results["baseline"]["warmup_s"] = warmups[max(1, args.repeat)]
         if probe is not None:
             results["baseline"]["gpu"] = readings[-1]
         results["speedup"] = results["baseline"]["ms_per_step"] / results["alpha"]["ms_per_step"]
@@ -357,7 +362,7 @@ def _print_table(results: dict) -> None:
             mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
             sys.stdout.write(
                 f"{name:>9}: {r['ms_per_step']:8.2f} ms/step | {r['tokens_per_sec']:>12,.0f} tok/s "
-                f"| MFU {mfu} | peak mem {r['peak_mem_gb']:.2f} GB\n"
+                f"| MFU {mfu} | peak mem {r['peak_mem_gb']:.2f} GB | warm-up {r['warmup_s']:.1f} s\n"
             )
             if "gpu" in r:
                 sys.stdout.write(f"{'':>9}  GPU while timed: {describe(r['gpu'])}\n")

@@ -15,6 +15,7 @@ def test_bench_reports_both_loops_on_cpu() -> None:
     report = json.loads(result.stdout)
     for name in ("alpha", "baseline"):
         assert report[name]["tokens_per_sec"] > 0 and report[name]["ms_per_step"] > 0
+        assert report[name]["warmup_s"] > 0  # the untimed steps, compilation included
         assert report[name]["mfu"] is None  # no peak FLOP/s is claimed for a CPU
         assert "gpu" not in report[name]  # no GPU readings either
     assert report["config"]["device"] == "cpu" and report["params"] > 0
