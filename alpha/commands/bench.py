@@ -141,25 +141,25 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.synchronize()
 
     probe = GpuProbe.for_device(device)
-    readings: list[dict[str, float | None] | None] = []
-    warmups: list[float] = []  # seconds of each measurement's untimed steps (compilation, capture)
 
-    def measure(step_fn: Any) -> float:
+    def measure(step_fn: Any) -> dict[str, Any]:
+        """One measurement: seconds a timed step, seconds of the untimed warm-up steps before
+        (compilation and capture included) and, on an NVIDIA GPU, what it ran at while timed."""
         started = time.perf_counter()
         for i in range(args.warmup_steps):
             step_fn(i)
         sync()
-        warmups.append(time.perf_counter() - started)
+        warmup_s = time.perf_counter() - started
         if probe is not None:  # started outside the timed loop; its query lands while steps run
             probe.start()
         t0 = time.perf_counter()
         for i in range(args.steps):
             step_fn(args.warmup_steps + i)
         sync()
-        seconds = (time.perf_counter() - t0) / args.steps
+        record: dict[str, Any] = {"seconds": (time.perf_counter() - t0) / args.steps, "warmup_s": warmup_s}
         if probe is not None:
-            readings.append(probe.finish())
-        return seconds
+            record["gpu"] = probe.finish()
+        return record
 
     class _Tokenizer:  # bench never samples; the trainer only needs the attribute
         eot_id = 0
@@ -194,9 +194,6 @@ def run(args: argparse.Namespace) -> int:
         trainer._pending.clear()
 
     results["alpha"] = _report(_median(measure, ours, args.repeat), tokens_per_step, flops, peak, device)
-    results["alpha"]["warmup_s"] = warmups[0]
-    if probe is not None:
-        results["alpha"]["gpu"] = readings[-1]
     if args.baseline:
         del trainer
         torch.manual_seed(0)
@@ -219,9 +216,6 @@ def run(args: argparse.Namespace) -> int:
             peak,
             device,
         )
-        results["baseline"]["warmup_s"] = warmups[max(1, args.repeat)]
-        if probe is not None:
-            results["baseline"]["gpu"] = readings[-1]
         results["speedup"] = results["baseline"]["ms_per_step"] / results["alpha"]["ms_per_step"]
     results["params"] = n_params
     results["flops_per_token"] = flops
@@ -308,12 +302,15 @@ def _plain_loop(
     return step
 
 
-def _median(measure: Any, fn: Any, repeat: int) -> dict[str, float]:
+def _median(measure: Any, fn: Any, repeat: int) -> dict[str, Any]:
+    """The median of ``repeat`` measurements of ``fn`` (its GPU reading with it), the first one's
+    warm-up (the one that compiled), and the peak memory."""
     import torch
 
-    times = sorted(measure(fn) for _ in range(max(1, repeat)))
+    records = [measure(fn) for _ in range(max(1, repeat))]
+    median = sorted(records, key=lambda r: r["seconds"])[len(records) // 2]
     peak_mem = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else _rss_bytes()
-    return {"seconds": times[len(times) // 2], "peak_mem": peak_mem}
+    return median | {"warmup_s": records[0]["warmup_s"], "peak_mem": peak_mem}
 
 
 def _rss_bytes() -> int:
@@ -331,14 +328,18 @@ def _peak_flops(device: Any) -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
-def _report(m: dict[str, float], tokens_per_step: int, flops: float, peak: float | None, device: Any) -> dict:
+def _report(m: dict[str, Any], tokens_per_step: int, flops: float, peak: float | None, device: Any) -> dict:
     tps = tokens_per_step / m["seconds"]
-    return {
+    report = {
         "ms_per_step": m["seconds"] * 1000,
         "tokens_per_sec": tps,
         "mfu": tps * flops / peak if peak else None,
         "peak_mem_gb": m["peak_mem"] / 1e9,
+        "warmup_s": m["warmup_s"],
     }
+    if "gpu" in m:
+        report["gpu"] = m["gpu"]
+    return report
 
 
 def _tmp_dir() -> Any:

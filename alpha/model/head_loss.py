@@ -25,7 +25,7 @@ import torch
 
 from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import Linear, autocast_dtype
-from alpha.model.losses import MAX_KERNEL_VOCAB, cross_entropy_grad  # noqa: F401  (registers the op)
+from alpha.model.losses import MAX_KERNEL_VOCAB, cross_entropy_grad
 
 
 def applies(h: torch.Tensor, head: Linear) -> bool:
@@ -53,7 +53,7 @@ class _HeadLoss(torch.autograd.Function):
         dtype = autocast_dtype(h.device) or h.dtype
         x = h.reshape(-1, h.shape[-1]).to(dtype)
         w = shadow if shadow is not None and shadow.dtype == dtype else weight.to(dtype)
-        row_loss, grad = torch.ops.alpha.cross_entropy_grad(x @ w.t(), targets.reshape(-1))
+        row_loss, grad = cross_entropy_grad(x @ w.t(), targets.reshape(-1))
         ctx.save_for_backward(x, w, grad)
         ctx.slot = slot
         ctx.h_shape = h.shape

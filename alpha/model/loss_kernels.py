@@ -19,13 +19,21 @@ WARPS = 4
 
 
 @triton.jit
-def _logsumexp_target_kernel(LOGITS, TARGETS, LSE, TARGET_LOGIT, stride, V, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+def _row_exp(LOGITS, row, stride, V, BLOCK: tl.constexpr):
+    """Row ``row`` of the logits held in registers: its address, its maximum m, exp(x - m) per
+    column (0 past V) and their sum."""
     cols = tl.arange(0, BLOCK)
     base = LOGITS + row.to(tl.int64) * stride
     x = tl.load(base + cols, mask=cols < V, other=float("-inf")).to(tl.float32)
     m = tl.max(x, axis=0)
-    s = tl.sum(tl.exp(x - m), axis=0)
+    e = tl.exp(x - m)
+    return base, m, e, tl.sum(e, axis=0)
+
+
+@triton.jit
+def _logsumexp_target_kernel(LOGITS, TARGETS, LSE, TARGET_LOGIT, stride, V, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    base, m, _, s = _row_exp(LOGITS, row, stride, V, BLOCK)
     tl.store(LSE + row, m + tl.log(s))
     target = tl.load(TARGETS + row)
     tl.store(TARGET_LOGIT + row, tl.load(base + target).to(tl.float32))
@@ -51,19 +59,13 @@ def _cross_entropy_grad_kernel(
 ):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
-    in_row = cols < V
-    base = LOGITS + row.to(tl.int64) * stride
+    base, m, e, s = _row_exp(LOGITS, row, stride, V, BLOCK)
     target = tl.load(TARGETS + row)
-    x = tl.load(base + cols, mask=in_row, other=float("-inf")).to(tl.float32)
     target_logit = tl.load(base + target).to(tl.float32)  # one load, not a third reduction
-    is_target = cols == target
-    m = tl.max(x, axis=0)
-    e = tl.exp(x - m)
-    s = tl.sum(e, axis=0)
     tl.store(ROW_LOSS + row, m + tl.log(s) - target_logit)
-    grad = e * (inv_n / s) - tl.where(is_target, inv_n, 0.0)
+    grad = e * (inv_n / s) - tl.where(cols == target, inv_n, 0.0)
     out = GRAD + row.to(tl.int64) * grad_stride + cols
-    tl.store(out, grad.to(GRAD.dtype.element_ty), mask=in_row)
+    tl.store(out, grad.to(GRAD.dtype.element_ty), mask=cols < V)
 
 
 def cross_entropy_grad(

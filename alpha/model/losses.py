@@ -33,6 +33,11 @@ def _kernel_applies(logits: torch.Tensor) -> bool:
     return kernels_available(logits.device) and logits.shape[1] <= MAX_KERNEL_VOCAB
 
 
+def _unit_columns(logits: torch.Tensor) -> torch.Tensor:
+    """The logits as the kernels take them: rows at any stride (padded ones too), columns adjacent."""
+    return logits if logits.stride(1) == 1 else logits.contiguous()
+
+
 @torch.library.custom_op("alpha::logsumexp_target", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def logsumexp_target(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(logsumexp of each row of (N, V) logits, each row's target logit), both fp32: the Triton
@@ -41,7 +46,7 @@ def logsumexp_target(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch
         return reference_logsumexp_target(logits, targets)
     from alpha.model.loss_kernels import logsumexp_target as kernel
 
-    return kernel(logits if logits.stride(1) == 1 else logits.contiguous(), targets.contiguous())
+    return kernel(_unit_columns(logits), targets.contiguous())
 
 
 @logsumexp_target.register_fake
@@ -67,7 +72,7 @@ def cross_entropy_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[tor
         return reference_cross_entropy_grad(logits, targets)
     from alpha.model.loss_kernels import cross_entropy_grad as kernel
 
-    return kernel(logits if logits.stride(1) == 1 else logits.contiguous(), targets.contiguous())
+    return kernel(_unit_columns(logits), targets.contiguous())
 
 
 @cross_entropy_grad.register_fake
