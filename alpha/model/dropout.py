@@ -73,11 +73,14 @@ def applies(x: torch.Tensor) -> bool:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with the hashed mask where ``applies``."""
+    """``nn.Dropout`` with the hashed mask where ``applies``; ``hashed = False`` keeps PyTorch's
+    dropout everywhere (the plain loop of ``alpha bench``)."""
+
+    hashed = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if applies(x) and self.p < 1.0 and not self.inplace:
+        if self.hashed and applies(x) and self.p < 1.0 and not self.inplace:
             return hashed_dropout(x, self.p, dropout_seed(x.device))
         return F.dropout(x, self.p, training=True, inplace=self.inplace)

@@ -169,3 +169,14 @@ def test_on_cuda_a_captured_compiled_step_draws_a_new_mask_at_every_replay() -> 
         masks.append(kept.clone())
     assert seen and all(seen)
     assert not torch.equal(masks[0], masks[1])
+
+
+def test_a_module_told_not_to_hash_keeps_pytorchs_dropout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dropout, "DEVICES", ("cpu",))
+    module = dropout.Dropout(0.1).train()
+    module.hashed = False
+    x = torch.randn(64, 64)
+    torch.manual_seed(5)
+    ours = torch.compile(module)(x)
+    torch.manual_seed(5)
+    assert torch.equal(ours, torch.compile(lambda x: F.dropout(x, 0.1, training=True))(x))
