@@ -5,8 +5,9 @@ Triton's ``rand`` runs a whole Philox (ten rounds of multiplies, for four number
 used) for every element: on the seed model's residual stream the add + dropout + LayerNorm kernel
 took 25 µs against 9 µs without dropout. Here the mask is Wellons' lowbias32 hash (two multiplies,
 three xor-shifts) of the element's flat index xor a random seed drawn once per call, written as
-int32 tensor operations that Inductor fuses into the same kernel, and the backward draws the same
-mask again from the saved seed instead of reading a stored one. It is the hash that attention's
+int32 tensor operations that Inductor fuses into the same kernel; the backward can draw the mask
+again from the saved seed instead of storing it (Inductor's partitioner chooses; it recomputes it
+on the CPU). It is the hash that attention's
 dropout uses (``alpha.model.attention_kernels``); a dropped element is one whose hash's top 24 bits
 fall below ``p · 2²⁴``, so the keep rate is 1 − p to within 2⁻²⁴.
 
