@@ -257,7 +257,7 @@ def _plain_loop(
 ) -> Any:
     """The reference probe: autocast forward, ``F.cross_entropy`` on fp32 logits, backward,
     clip_grad_norm_, AdamW step; the model keeps an fp32 residual stream, as plain autocast does,
-    PyTorch's own GELU and scaled_dot_product_attention."""
+    PyTorch's own GELU, dropout and scaled_dot_product_attention."""
     import contextlib
 
     import torch
@@ -265,11 +265,15 @@ def _plain_loop(
 
     from alpha.data.tokens import BatchSource
     from alpha.model.activations import Elementwise, plain_gelu
+    from alpha.model.dropout import Dropout
 
     for block in model.layers:
         if isinstance(block.mlp.act, Elementwise) and block.mlp.act.name == "gelu":
             block.mlp.act = Elementwise("gelu", plain_gelu)
         block.attn.use_kernels = False
+    for module in model.modules():
+        if isinstance(module, Dropout):
+            module.hashed = False
 
     batches = BatchSource(data.train, shape["block"], shape["batch"], 0, 0)
     opt = torch.optim.AdamW(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpha.config import ModelConfig
+from alpha.model.dropout import Dropout
 from alpha.model.gelu import gelu as gelu_op
 from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import Linear
@@ -94,7 +95,7 @@ class MLP(nn.Module):
         self.fc1 = Linear(cfg.n_embd, hidden * (2 if self.gated else 1))
         self.fc2 = Linear(hidden, cfg.n_embd)
         self.act = make_activation(cfg)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc1(x)

@@ -30,6 +30,7 @@ from alpha.config import ModelConfig
 from alpha.model import attention as attention_op
 from alpha.model import head_loss as head_loss_op
 from alpha.model.activations import MLP
+from alpha.model.dropout import Dropout
 from alpha.model.linear import Linear, autocast_dtype
 from alpha.model.losses import cross_entropy
 
@@ -61,7 +62,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout_p = cfg.dropout
         self.wqkv = Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.wo = Linear(cfg.n_embd, cfg.n_embd)
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
         # alpha::causal_attention where its kernels apply (no cache or soft cap); False
         # keeps scaled_dot_product_attention everywhere (the plain loop of ``alpha bench``)
         self.use_kernels = True
