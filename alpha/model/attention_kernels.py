@@ -99,20 +99,38 @@ def _hash(x):
 
 
 @triton.jit
+def _head_key(seed, bh):
+    """The hash that the seed and the batch-head mix into every place's."""
+    return _hash(seed.to(tl.uint32) ^ _hash(bh.to(tl.uint32) + 0x9E3779B9))
+
+
+@triton.jit
 def _kept(seed, bh, first_query, first_key, T, p_drop, BQ: tl.constexpr, BK: tl.constexpr):
     """Attention dropout's mask of the (BQ, BK) tile of scores at (first_query, first_key) of head
-    ``bh``: True where the probability is kept. Each score takes a 32-bit hash of its place in the
-    head (query · T + key) mixed with a hash of the seed and the head, kept when it is at least
-    p_drop · 2³², so the mask depends only on the seed, the head, the query and the key: every
-    tiling and orientation of the scores sees the same one. A hash is far less integer work than
-    Philox (ten rounds of multiplies for four numbers), which with a head of 48 weighs as much as
-    the matrix products."""
+    ``bh``: True where the probability is kept. Each pair of neighbouring keys (2j, 2j + 1) of a
+    query takes one 32-bit hash of its place in the head (query · T/2 + j) mixed with the seed's
+    and the head's; its low 16 bits decide key 2j, its high 16 bits key 2j + 1 (kept when at
+    least p_drop · 2¹⁶). So the mask depends only on the seed, the head, the query and the key:
+    every tiling sees the same one, and ``_kept_t`` draws its transpose. A hash is far less integer
+    work than Philox (ten rounds of multiplies for four numbers), and one for two scores half of a
+    hash each; with a head of 48 this integer work weighs as much as the matrix products."""
+    queries = first_query + tl.arange(0, BQ)
+    pairs = first_key // 2 + tl.arange(0, BK // 2)
+    h = _hash((queries[:, None] * (T // 2) + pairs[None, :]).to(tl.uint32) ^ _head_key(seed, bh))
+    threshold = tl.cast(p_drop * 65536.0, tl.uint32)
+    return tl.reshape(tl.join((h & 0xFFFF) >= threshold, (h >> 16) >= threshold), (BQ, BK))
+
+
+@triton.jit
+def _kept_t(seed, bh, first_query, first_key, T, p_drop, BQ: tl.constexpr, BK: tl.constexpr):
+    """``_kept``'s mask transposed, as (BK, BQ): each score hashes its own pair and takes its half,
+    which costs a hash a score but keeps the tile in the layout of the matrix product that uses it
+    (gathering halves across the transposed tile would go through shared memory)."""
     queries = first_query + tl.arange(0, BQ)
     keys = first_key + tl.arange(0, BK)
-    head = _hash(seed.to(tl.uint32) ^ _hash(bh.to(tl.uint32) + 0x9E3779B9))
-    place = (queries[:, None] * T + keys[None, :]).to(tl.uint32)
-    threshold = tl.cast(p_drop * 4294967296.0, tl.uint32)
-    return _hash(place ^ head) >= threshold
+    h = _hash((queries[None, :] * (T // 2) + (keys // 2)[:, None]).to(tl.uint32) ^ _head_key(seed, bh))
+    half = tl.where((keys % 2 == 1)[:, None], h >> 16, h & 0xFFFF)
+    return half >= tl.cast(p_drop * 65536.0, tl.uint32)
 
 
 @triton.jit
@@ -246,7 +264,7 @@ def _attention_backward_kernel(
             pt = tl.where(queries[None, :] >= keys[:, None], pt, 0.0)
         do0, do1 = _load_rows(do_base, queries, C, c0, c1)
         if DROPOUT:
-            kept = tl.trans(_kept(seed, bh, start_m, start_n, T, p_drop, BLOCK_M1, BLOCK_N1))
+            kept = _kept_t(seed, bh, start_m, start_n, T, p_drop, BLOCK_M1, BLOCK_N1)
             pt16 = tl.where(kept, pt * keep_scale, 0.0).to(do0.dtype)
         else:
             pt16 = pt.to(do0.dtype)
