@@ -6,10 +6,10 @@ used) for every element: on the seed model's residual stream the add + dropout +
 took 25 µs against 9 µs without dropout. Here the mask is Wellons' lowbias32 hash (two multiplies,
 three xor-shifts) of the element's flat index xor a random seed drawn once per call, written as
 int32 tensor operations that Inductor fuses into the same kernel; the backward can draw the mask
-again from the saved seed instead of storing it (Inductor's partitioner chooses; it recomputes it
-on the CPU). It is the hash that attention's
-dropout uses (``alpha.model.attention_kernels``); a dropped element is one whose hash's top 24 bits
-fall below ``p · 2²⁴``, so the keep rate is 1 − p to within 2⁻²⁴.
+again from the saved seed instead of storing it (Inductor's partitioner decides which). Attention's
+dropout uses the same hash in its kernels (``alpha.model.attention_kernels``); here a dropped
+element is one whose hash's top 24 bits fall below ``p · 2²⁴``, so the keep rate is 1 − p to within
+2⁻²⁴.
 
 The seed comes from ``alpha::dropout_seed``, an op tagged as seeded randomness: compiled code keeps
 every call (no two sites share a seed), never recomputes it in the backward, and reads it from a
