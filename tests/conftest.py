@@ -1,4 +1,5 @@
-"""Shared fixtures: a small chat corpus, an isolated cache directory, a CLI runner, an event recorder."""
+"""Shared fixtures: a small chat corpus, an isolated cache directory, a CLI runner, an event recorder,
+and the capture of a function into a CUDA graph."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import torch
 
 from alpha.data.synth import synth_chat
 from alpha.events import Alert, Event
@@ -17,6 +20,7 @@ from alpha.events import Alert, Event
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["--dim", "32", "--heads", "2", "--layers", "2", "--block", "32", "--batch", "4"]
 TINY_DATA = ["--domain", "chat", "--vocab-size", "300"]
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -124,3 +128,18 @@ def tiny_trainer(
 
     data = TokenData(tokens, tokens[:500], {})
     return Trainer(GPT(model_cfg), cfg, _Tokenizer(), data, bus or EventBus(), ctx, domain_for("text"))
+
+
+def capture(fn: Callable[[], T], warmup: int = 1) -> tuple[torch.cuda.CUDAGraph, T]:
+    """``fn`` run ``warmup`` times on a side stream (compilation, workspaces), then captured: the
+    graph and the outputs that its replays overwrite."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out

@@ -13,6 +13,7 @@ from alpha.config import ModelConfig
 from alpha.model import attention
 from alpha.model.gpt import GPT
 from alpha.model.kernel_support import kernels_available
+from tests.conftest import capture
 
 
 def needs_kernels(test):  # type: ignore[no-untyped-def]
@@ -261,14 +262,7 @@ def test_a_captured_graph_draws_a_new_dropout_mask_at_every_replay() -> None:
         return attention.causal_attention(qkv, 4, 0.1, attention.new_seed(qkv.device))[0]
 
     for fn in (step, torch.compile(step)):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = fn()
+        graph, out = capture(fn)
         graph.replay()
         first = out.clone()
         graph.replay()

@@ -13,6 +13,7 @@ from alpha.config import ModelConfig
 from alpha.model import dropout
 from alpha.model.gpt import GPT
 from alpha.model.linear import compile_options
+from tests.conftest import capture
 
 
 def _lowbias32(x: int) -> int:
@@ -154,14 +155,7 @@ def test_on_cuda_a_captured_compiled_step_draws_a_new_mask_at_every_replay() -> 
         (grad,) = torch.autograd.grad((y.float() * w).sum(), x)
         return y, grad
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y, grad = fn()
+    graph, (y, grad) = capture(fn)
     masks = []
     for _ in range(2):
         graph.replay()

@@ -13,7 +13,7 @@ from alpha.config import ModelConfig
 from alpha.model.gpt import GPT
 from alpha.model.linear import Linear, WeightGradStream, compile_options
 from alpha.train.trainer import wgrad_sm_count
-from tests.conftest import tiny_trainer
+from tests.conftest import capture, tiny_trainer
 
 TINY = ModelConfig(n_embd=32, n_head=2, n_layer=2, block_size=16, vocab_size=50, dropout=0.0)
 
@@ -193,15 +193,7 @@ def test_side_stream_gradients_under_bf16_autocast_and_graph_capture() -> None:
             ws.join()
 
     step(plain, False)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step(compiled, True)
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step(compiled, True)
+    graph, _ = capture(lambda: step(compiled, True), warmup=3)
     for w in ws.weights.values():
         w.grad.zero_()
     graph.replay()
