@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from bench_model_kernels import graph_time  # this script's neighbour in scripts/
 
 from alpha.model import attention
+from alpha.model.dropout import dropout_seed
 
 HEADS, HEAD_DIM, T, LAYERS = 8, 48, 512, 8
 C = HEADS * HEAD_DIM
@@ -43,7 +44,7 @@ def sdpa(qkv: torch.Tensor) -> torch.Tensor:
 
 
 def ours(qkv: torch.Tensor) -> torch.Tensor:
-    seed = attention.new_seed(qkv.device) if DROPOUT > 0 else None
+    seed = dropout_seed(qkv.device) if DROPOUT > 0 else None
     return attention.causal_attention(qkv, HEADS, DROPOUT, seed)[0]
 
 
@@ -64,7 +65,7 @@ def sweep(xs: list, grads: list) -> None:
     from alpha.model import attention_kernels
 
     inputs = [x.detach() for x in xs]
-    seed = attention.new_seed(inputs[0].device) if DROPOUT > 0 else None
+    seed = dropout_seed(inputs[0].device) if DROPOUT > 0 else None
     saved = [attention.causal_attention(x, HEADS, DROPOUT, seed) for x in inputs]
     results = []
     for bm, bn, warps, stages in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4]):

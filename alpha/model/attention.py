@@ -11,9 +11,9 @@ conversion, and for concatenating dq, dk and dv. (Our forward kernel is there to
 than cuDNN's without dropout: ``FORWARD_KERNEL``.)
 
 Attention dropout (the chat preset's 0.1) runs in our kernels too, forward and backward: a seed
-tensor drawn on the device each call (``new_seed``, so a captured step draws a new one at every
-replay) keys a mask hashed from the scores' coordinates, which both directions draw again, so
-nothing of the mask is stored.
+tensor drawn on the device each call (``alpha.model.dropout.dropout_seed``, the seed of every
+dropout in the model, so a captured step draws a new one at every replay) keys a mask hashed from
+the scores' coordinates, which both directions draw again, so nothing of the mask is stored.
 
 Elsewhere the op is PyTorch: the same maths in at least float32 (the op's reference, and its form
 on the CPU), with its own dropout mask from the seed. The model uses the op where its kernels
@@ -77,7 +77,7 @@ def causal_attention(
     qkv: torch.Tensor, n_head: int, dropout_p: float = 0.0, seed: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dropout(softmax(q kᵀ / √d, causal)) v as (B, T, C), the rows' natural log-sum-exp as
-    (B, H, T)). With ``dropout_p`` > 0 the one-element int64 tensor ``seed`` draws the mask, the
+    (B, H, T)). With ``dropout_p`` > 0 the one-element integer tensor ``seed`` draws the mask, the
     same in the forward and the backward."""
     if applies(qkv, n_head):
         if dropout_p == 0 and FORWARD_KERNEL == "cudnn" and torch.backends.cudnn.is_available():
@@ -160,12 +160,6 @@ def _backward(ctx: Any, grad_out: torch.Tensor, _grad_lse: torch.Tensor) -> tupl
 
 
 causal_attention.register_autograd(_backward, setup_context=_setup_context)
-
-
-def new_seed(device: torch.device) -> torch.Tensor:
-    """A fresh seed for the op's dropout, drawn from the device's generator (so a captured CUDA
-    graph draws a new one at every replay)."""
-    return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
 
 
 def reference_mask(

@@ -327,7 +327,7 @@ def attention_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(the output as (B, T, C), the rows' log-sum-exp as (B, H, T) fp32) of causal attention over a
     contiguous (B, T, 3C) qkv; with ``dropout_p`` > 0 the probabilities are dropped by the mask
-    that the one-element int64 tensor ``seed`` draws (``dropout_mask``)."""
+    that the one-element integer tensor ``seed`` draws (``dropout_mask``)."""
     cfg = config or FORWARD
     B, T, C3 = qkv.shape
     C = C3 // 3

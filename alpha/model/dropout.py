@@ -14,7 +14,8 @@ element is one whose hash's top 24 bits fall below ``p · 2²⁴``, so the keep 
 The seed comes from ``alpha::dropout_seed``, an op tagged as seeded randomness: compiled code keeps
 every call (no two sites share a seed), never recomputes it in the backward, and reads it from a
 one-element buffer instead of inlining the random draw into every element. Inside a captured CUDA
-graph the draw advances with each replay, as any random op's does.
+graph the draw advances with each replay, as any random op's does. Attention's dropout takes its
+seed from the same op.
 
 ``Dropout`` is a drop-in ``nn.Dropout``: the hashed mask where it pays (``applies``: while
 compiling, on CUDA), PyTorch's dropout elsewhere (eager code, where the hash would be a dozen

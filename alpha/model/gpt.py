@@ -30,7 +30,7 @@ from alpha.config import ModelConfig
 from alpha.model import attention as attention_op
 from alpha.model import head_loss as head_loss_op
 from alpha.model.activations import MLP
-from alpha.model.dropout import Dropout
+from alpha.model.dropout import Dropout, dropout_seed
 from alpha.model.linear import Linear, autocast_dtype
 from alpha.model.losses import cross_entropy
 
@@ -78,7 +78,7 @@ class CausalSelfAttention(nn.Module):
             and self.soft_cap <= 0
             and attention_op.applies(qkv, self.n_head)
         ):
-            seed = attention_op.new_seed(qkv.device) if dropout > 0 else None
+            seed = dropout_seed(qkv.device) if dropout > 0 else None
             y, _ = attention_op.causal_attention(qkv, self.n_head, dropout, seed)
             return self.resid_dropout(self.wo(y))
         q, k, v = qkv.split(C, dim=2)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from alpha.config import ModelConfig
 from alpha.model import attention
+from alpha.model.dropout import dropout_seed
 from alpha.model.gpt import GPT
 from alpha.model.kernel_support import kernels_available
 from tests.conftest import capture
@@ -236,7 +237,7 @@ def test_the_kernels_dropout_matches_attention_under_their_own_mask(shape: tuple
     torch.manual_seed(0)
     qkv = torch.randn(B, T, 3 * H * d, device="cuda", dtype=torch.bfloat16)
     grad = torch.randn(B, T, H * d, device="cuda", dtype=torch.bfloat16)
-    seed = attention.new_seed(torch.device("cuda"))
+    seed = dropout_seed(torch.device("cuda"))
     ours = qkv.clone().requires_grad_()
     out, _ = attention.causal_attention(ours, H, p, seed)
     out.backward(grad)
@@ -259,7 +260,7 @@ def test_a_captured_graph_draws_a_new_dropout_mask_at_every_replay() -> None:
     qkv = torch.randn(2, 128, 3 * 4 * 48, device="cuda", dtype=torch.bfloat16)
 
     def step() -> torch.Tensor:
-        return attention.causal_attention(qkv, 4, 0.1, attention.new_seed(qkv.device))[0]
+        return attention.causal_attention(qkv, 4, 0.1, dropout_seed(qkv.device))[0]
 
     for fn in (step, torch.compile(step)):
         graph, out = capture(fn)
