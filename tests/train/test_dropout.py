@@ -151,8 +151,14 @@ def test_on_cuda_a_captured_compiled_step_draws_a_new_mask_at_every_replay() -> 
         (grad,) = torch.autograd.grad((y.float() * w).sum(), x)
         return y, grad
 
-    # compiled (and its kernels tuned) before the capture, which must not compile anything
-    _, codes = run_and_get_code(fn)
+    # compiled (and its kernels tuned) before the capture, which must not compile anything, and
+    # on a side stream: the stream x is first used on is the one autograd accumulates its
+    # gradient on, and the legacy default stream cannot wait on a capture
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        _, codes = run_and_get_code(fn)
+    torch.cuda.current_stream().wait_stream(side)
     assert any("torch.ops.alpha.dropout_seed" in code for code in codes)  # the hashed mask
     graph, (y, grad) = capture(fn, warmup=2)
     masks = []
