@@ -25,8 +25,10 @@ trainer decodes and emits as a Samples event at a later log boundary.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 import traceback
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -36,7 +38,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from alpha.errors import ConfigError
-from alpha.train.host_buffers import HostBuffers
+from alpha.train.host_buffers import HostBuffers, specs
 from alpha.train.sampler_child import SampleRequest, SampleResult, serve, threads_for_sampling
 
 SAMPLER_ENV = "ALPHA_SAMPLER"
@@ -63,13 +65,30 @@ class HostWeights:
 
     Where shared memory is too small for them (a container's default 64 MB /dev/shm, say), the
     weights go by value through the pipe instead, as the bytes of a ``torch.save``'d state dict.
+
+    ``reserve_in_background`` allocates the shared buffers on a thread of their own (when the
+    sampler starts, alongside compilation), so that the first round only copies.
     """
 
     def __init__(self) -> None:
         self.buffers = HostBuffers("shared")
         self.shared = True
+        self._reserving: threading.Thread | None = None
+
+    def reserve_in_background(self, model: nn.Module) -> None:
+        wanted = specs(model.state_dict())
+
+        def reserve() -> None:
+            with contextlib.suppress(RuntimeError):  # no room in shared memory: the first copy finds out
+                self.buffers.reserve(wanted)
+
+        self._reserving = threading.Thread(target=reserve, name="alpha-sampler-buffers", daemon=True)
+        self._reserving.start()
 
     def copy(self, model: nn.Module) -> dict[str, torch.Tensor] | bytes:
+        if self._reserving is not None:
+            self._reserving.join()
+            self._reserving = None
         state = model.state_dict()
         if self.shared:
             try:

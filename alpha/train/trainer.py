@@ -51,6 +51,7 @@ from alpha.train.checkpoint import (
 )
 from alpha.train.cuda_graphs import GraphedStep, PinnedStaging
 from alpha.train.host_buffers import HostBuffers
+from alpha.train.host_buffers import specs as host_specs
 from alpha.train.optim import build_optimizer, ensure_state, lr_at
 from alpha.train.sampler_child import SampleRequest
 from alpha.train.sampler_process import SamplerProcess, sampler_mode
@@ -261,6 +262,7 @@ class Trainer:
         self._loop_end: float | None = None
         self.writer = BackgroundWorker("alpha-checkpoints")  # checkpoint files, off the step path
         self.host_buffers = HostBuffers("pinned" if ctx.device.type == "cuda" else "pageable")
+        self._checkpoint_buffers_reserved = False
         # None: samples are generated inline; otherwise in a child process (alpha.train.sampler_process)
         self.sampler = SamplerProcess() if sampler_mode(ctx.device) == "process" else None
         self._sample_round: _SampleRound | None = None
@@ -518,6 +520,8 @@ class Trainer:
             self.step += 1
             self.tokens_seen += self.tokens_per_step
             done += 1
+            if not self._checkpoint_buffers_reserved:
+                self._reserve_checkpoint_buffers()
             extra = step_fields(self.step) if step_fields else {}
             self._pending.append(_PendingStep(self.step, values, self.tokens_seen, extra))
             if not (defer_flush and i == n - 1):
@@ -744,6 +748,7 @@ class Trainer:
 
     def _start_sampler(self, sampler: SamplerProcess) -> None:
         pid = sampler.start()
+        sampler.host.reserve_in_background(self.model)
         text = f"sampler process {pid} started (torch CPU threads: {sampler.threads})"
         alert = Alert(step=self.step, kind="sampler_started", level="info", text=text, data={"pid": pid})
         self.bus.emit(alert)
@@ -955,6 +960,24 @@ class Trainer:
             return None
         return int(self.last_checkpoint.stem.split("-")[-1])
 
+    def _checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor a checkpoint holds, by name (the live tensors, not copies)."""
+        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update(optimizer_tensors(self.optimizer, self.param_names))
+        tensors.update({f"trainer.guard.{k}": v for k, v in self.guards.items()})
+        tensors.update({f"trainer.rng.{k}": v for k, v in self.rng_state().items()})
+        return tensors
+
+    def _reserve_checkpoint_buffers(self) -> None:
+        """Once the optimizer's state exists (after the first step), have the writer thread allocate
+        the host buffers of the checkpoints while training goes on; the first checkpoint waits for
+        the writer anyway (``save_checkpoint``), and then only copies."""
+        self._checkpoint_buffers_reserved = True
+        if not self.ctx.is_main:
+            return
+        wanted = host_specs(self._checkpoint_tensors())
+        self.writer.submit(lambda: self.host_buffers.reserve(wanted), lambda _: None)
+
     def save_checkpoint(self) -> Path | None:
         """Copy the state to host memory now; a worker thread writes it to a temp file, fsyncs it
         and renames it in place (the CheckpointSaved event follows at a later log boundary)."""
@@ -963,10 +986,7 @@ class Trainer:
             return None
         path = checkpoint_path(self.ctx.run_dir, self.step)
         val = self.last_val_loss if self.eval_history and self.eval_history[-1][0] == self.step else None
-        tensors: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        tensors.update(optimizer_tensors(self.optimizer, self.param_names))
-        tensors.update({f"trainer.guard.{k}": v for k, v in self.guards.items()})
-        tensors.update({f"trainer.rng.{k}": v for k, v in self.rng_state().items()})
+        tensors = self._checkpoint_tensors()
         meta = {
             "format": FORMAT,
             "step": self.step,
