@@ -30,16 +30,17 @@ class HostBuffers:
         self.memory = memory
         self._buffers: dict[str, torch.Tensor] = {}
 
-    def reserve(self, wanted: dict[str, Spec]) -> None:
-        """Allocate the buffers that copies of tensors of these shapes will fill, and write them
-        once (the pages are then resident). Raises RuntimeError when shared memory cannot be
-        allocated."""
+    def reserve(self, wanted: dict[str, Spec]) -> dict[str, torch.Tensor]:
+        """Allocate the buffers that copies of tensors of these shapes will fill, write them once
+        (the pages are then resident) and return them. Raises RuntimeError when shared memory
+        cannot be allocated."""
         buffers = dict(self._buffers)
         for name, (shape, dtype) in wanted.items():
             buf = buffers.get(name)
             if buf is None or buf.shape != shape or buf.dtype != dtype:
                 buffers[name] = self._allocate(shape, dtype).zero_()
         self._buffers = buffers
+        return buffers
 
     def copy(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Copy ``tensors`` (on any device) into the host buffers of the same names and return them.

@@ -3,6 +3,7 @@ for its checkpoints and by the sampler process for its weights."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,7 @@ from tests.conftest import tiny_trainer
 def test_a_copy_fills_the_reserved_buffers_and_a_changed_shape_gets_a_new_one() -> None:
     tensors = {"a": torch.randn(3, 4), "b": torch.arange(5)}
     buffers = HostBuffers()
-    buffers.reserve(specs(tensors))
-    reserved = {name: buf.data_ptr() for name, buf in buffers._buffers.items()}
+    reserved = {name: buf.data_ptr() for name, buf in buffers.reserve(specs(tensors)).items()}
     copied = buffers.copy(tensors)
     assert {name: buf.data_ptr() for name, buf in copied.items()} == reserved
     assert torch.equal(copied["a"], tensors["a"]) and torch.equal(copied["b"], tensors["b"])
@@ -27,17 +27,27 @@ def test_a_copy_fills_the_reserved_buffers_and_a_changed_shape_gets_a_new_one() 
 
 
 def test_shared_buffers_are_reserved_in_shared_memory() -> None:
-    buffers = HostBuffers("shared")
-    buffers.reserve({"w": (torch.Size([8, 8]), torch.float32)})
-    assert buffers._buffers["w"].is_shared()
+    reserved = HostBuffers("shared").reserve({"w": (torch.Size([8, 8]), torch.float32)})
+    assert reserved["w"].is_shared()
 
 
-def test_the_sampler_weights_are_reserved_on_a_thread_and_the_first_copy_only_fills_them() -> None:
+def test_the_sampler_weights_are_reserved_on_a_thread_and_the_first_copy_only_fills_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    allocated_on: list[str] = []
+    allocate = HostBuffers._allocate
+
+    def recording(self: HostBuffers, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
+        allocated_on.append(threading.current_thread().name)
+        return allocate(self, shape, dtype)
+
+    monkeypatch.setattr(HostBuffers, "_allocate", recording)
     model = torch.nn.Linear(16, 8)
     weights = HostWeights()
     weights.reserve_in_background(model)
     first = weights.copy(model)
     assert isinstance(first, dict) and weights._reserving is None
+    assert allocated_on == ["alpha-sampler-buffers"] * 2  # weight and bias, none by the copy
     assert all(buf.is_shared() for buf in first.values())
     assert torch.equal(first["weight"], model.weight.detach())
 
