@@ -54,6 +54,7 @@ class DeferredSums:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.deferred = 0  # sums deferred so far
         self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (partial sums, their sum)
         self._hooked: set[int] = set()  # ids of the parameters that flush us before accumulating
 
@@ -62,15 +63,16 @@ class DeferredSums:
         """Defer the column sums of backward passes run inside; every parameter of ``model`` that
         takes a gradient gets a hook that computes them before autograd accumulates it."""
         self.attach(model)
-        previous = _OPEN.get(self.device)
-        _OPEN[self.device] = weakref.ref(self)
+        key = _device_key(self.device)
+        previous = _OPEN.get(key)
+        _OPEN[key] = weakref.ref(self)
         try:
             yield
         finally:
             if previous is None:
-                del _OPEN[self.device]
+                del _OPEN[key]
             else:
-                _OPEN[self.device] = previous
+                _OPEN[key] = previous
             self.flush()
 
     def attach(self, model: nn.Module) -> None:
@@ -86,6 +88,7 @@ class DeferredSums:
         """An empty tensor that ``flush`` fills with ``x.sum(dim=0)``; x is kept until then."""
         y = x.new_empty(x.shape[1:])
         self._pending.append((x, y))
+        self.deferred += 1
         return y
 
     @property
@@ -100,13 +103,21 @@ class DeferredSums:
         sum_columns_into([x for x, _ in pending], [y for _, y in pending])
 
 
-# The open scope of each device.
-_OPEN: dict[torch.device, weakref.ref[DeferredSums]] = {}
+# The open scope of each device, by ``_device_key``.
+_OPEN: dict[tuple[str, int | None], weakref.ref[DeferredSums]] = {}
+
+
+def _device_key(device: torch.device) -> tuple[str, int | None]:
+    """``cuda`` and ``cuda:0`` (on a process whose current GPU is 0) are one device."""
+    index = device.index
+    if index is None and device.type == "cuda":
+        index = torch.cuda.current_device()
+    return device.type, index
 
 
 def open_sums(device: torch.device) -> DeferredSums | None:
     """The ``DeferredSums`` open on ``device``, or None."""
-    ref = _OPEN.get(device)
+    ref = _OPEN.get(_device_key(device))
     return None if ref is None else ref()
 
 

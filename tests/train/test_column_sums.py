@@ -179,6 +179,7 @@ def test_deferred_sums_are_computed_before_autograd_accumulates_them() -> None:
         for x, dy in zip(xs, dys, strict=True):
             model(x).backward(dy)
         assert sums.pending == 0
+    assert sums.deferred == 2
     assert column_sums.open_sums(torch.device("cpu")) is None
     torch.testing.assert_close(model.w.grad, want)
     torch.testing.assert_close(seen[0], (dys[0] * xs[0].detach()).sum(dim=0))
@@ -237,7 +238,7 @@ def test_on_cuda_a_large_layernorm_backward_defers_its_sums_compiled_and_capture
     model = copy.deepcopy(plain)
     ws = WeightGradStream(torch.device("cuda"))
     ws.attach(model)
-    sums = DeferredSums(torch.device("cuda"))
+    sums = DeferredSums(torch.device("cuda"))  # the trainer's device may have no index
     x = torch.randn(128 * 512, 384, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     dy = torch.randn(128 * 512, 384, device="cuda", dtype=torch.bfloat16)
 
@@ -259,6 +260,7 @@ def test_on_cuda_a_large_layernorm_backward_defers_its_sums_compiled_and_capture
 
     _, codes = run_and_get_code(step)
     assert sum(code.count("torch.ops.alpha.column_sum_deferred(") for code in codes) == 2
+    assert sums.deferred == 4  # two sums a micro-batch; "cuda" and x's "cuda:0" are one device
     for run in ("compiled", "graphed"):
         if run == "graphed":
             for p in model.parameters():
