@@ -63,18 +63,20 @@ def tag_compile_caches() -> None:
     config.cache_key_tag = f"{others}+{ours}" if others else ours
 
 
-def register_fallbacks() -> None:
+def register_fallbacks() -> bool:
     """Lower every ``alpha::`` op as a call to its implementation, as Inductor would itself, and
-    key the compile caches by the ops' tags (``tag_compile_caches``)."""
+    key the compile caches by the ops' tags (``tag_compile_caches``); True where the mix-order
+    reductions' final sums are routed to ``alpha::column_sum_deferred``."""
     from torch._inductor import lowering
     from torch._library.utils import get_layout_constraint_tag
 
     from alpha.model.column_sums import route_mix_order_sums
 
-    route_mix_order_sums()
+    routed = route_mix_order_sums()
     for op in _ops():
         if op in lowering.lowerings:
             continue
         constraint = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
         lowering.make_fallback(op, layout_constraint=constraint)
     tag_compile_caches()
+    return routed

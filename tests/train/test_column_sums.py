@@ -273,3 +273,14 @@ def test_on_cuda_a_large_layernorm_backward_defers_its_sums_compiled_and_capture
             # autograd read before it was computed is off by a whole micro-batch, or NaN
             error = (got.grad - want.grad).norm() / want.grad.norm()
             assert error < 1e-2, f"{run}: {name} off by {error:.3g}"
+
+
+def test_side_stream_models_compile_short_norm_backwards_fused_only_while_sums_are_deferred(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = nn.Sequential(Linear(8, 8), nn.LayerNorm(8))
+    WeightGradStream(torch.device("cpu")).attach(model)
+    key = "triton.mix_order_reduction_non_strict_mode"
+    assert compile_options(model)[key] is True
+    monkeypatch.setenv(column_sums.ENV, "0")
+    assert key not in compile_options(model)
