@@ -180,6 +180,14 @@ def returned_only(scheduler: Any, name: str) -> bool:
     return returned and all(isinstance(user.node, OutputNode) or user.is_weak for user in users)
 
 
+def calls_our_ops(graph: Any) -> bool:
+    """Whether the FX graph that Inductor is lowering (``graph.graph``) calls an ``alpha`` op: only
+    our models' graphs get the rewrite, so a plain PyTorch model compiled in the same process
+    (``alpha bench --baseline``) keeps Inductor's code."""
+    nodes = getattr(getattr(graph, "graph", None), "nodes", ())
+    return any(getattr(node.target, "namespace", None) == "alpha" for node in nodes)
+
+
 def enabled() -> bool:
     return os.environ.get(ENV, "1") != "0"
 
@@ -208,7 +216,7 @@ def routed(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def codegen(self: Any, *args: Any) -> Any:
-        if not enabled():
+        if not enabled() or not calls_our_ops(V.graph):
             return original(self, *args)
         wrapper = V.graph.wrapper_code
         shadowed = wrapper.__dict__.get("writeline")

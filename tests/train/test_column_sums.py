@@ -113,14 +113,22 @@ def test_a_routed_method_rewrites_what_it_writes_and_only_while_it_runs() -> Non
         V.graph.wrapper_code.writeline(marker)
         return f"{node1}{node2}"
 
-    with V.set_graph_handler(SimpleNamespace(wrapper_code=wrapper)):  # type: ignore[arg-type]
+    ours = SimpleNamespace(nodes=[SimpleNamespace(target=torch.ops.alpha.column_sum_deferred.default)])
+    plain = SimpleNamespace(nodes=[SimpleNamespace(target=torch.ops.aten.sum.dim_IntList)])
+    graph = SimpleNamespace(wrapper_code=wrapper, graph=ours)
+    with V.set_graph_handler(graph):  # type: ignore[arg-type]
         assert column_sums.routed(codegen)(scheduling, "a", "b") == "ab"
         wrapper.writeline(FINAL_SUM)  # after the method: untouched
+        graph.graph = plain  # a graph that calls none of our ops (a plain PyTorch model): untouched
+        column_sums.routed(codegen)(scheduling, "a", "b")
     assert written == [
         "buf1 = some_kernel(buf0)",
         column_sums.rewrite_final_sum(FINAL_SUM, everything_returned_only),
         marker,
         FINAL_SUM,
+        "buf1 = some_kernel(buf0)",
+        FINAL_SUM,
+        marker,
     ]
     assert "column_sum_deferred" in str(written[1])
     assert "writeline" not in wrapper.__dict__
