@@ -14,6 +14,10 @@ It also puts a digest of the ops' schemas and tags into torch.compile's cache ke
 graph but not the tags of the custom ops in it, and a tag decides the layout Inductor hands an op
 (a ``flexible_layout`` op takes padded logits as they are; without the tag a cached graph keeps
 copying them), so a graph compiled under other tags must not be reused.
+
+``register_fallbacks`` also routes the final sums of Inductor's mix-order reductions (the
+LayerNorm backward's weight and bias gradients over many rows) to ``alpha::column_sum_deferred``
+(``alpha.model.column_sums``), and the cache key says whether it did.
 """
 
 from __future__ import annotations
@@ -39,8 +43,12 @@ def _ops() -> Iterator[torch._ops.OpOverload]:
 
 
 def ops_fingerprint() -> str:
-    """A digest of every ``alpha::`` op's schema and tags."""
+    """A digest of every ``alpha::`` op's schema and tags, and of whether Inductor's mix-order
+    reductions are routed to ``alpha::column_sum_deferred`` (``alpha.model.column_sums``)."""
+    from alpha.model import column_sums
+
     lines = sorted(f"{op._schema} {sorted(str(tag) for tag in op.tags)}" for op in _ops())
+    lines.append(f"mix-order sums routed: {column_sums.enabled()}")
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
@@ -55,15 +63,20 @@ def tag_compile_caches() -> None:
     config.cache_key_tag = f"{others}+{ours}" if others else ours
 
 
-def register_fallbacks() -> None:
+def register_fallbacks() -> bool:
     """Lower every ``alpha::`` op as a call to its implementation, as Inductor would itself, and
-    key the compile caches by the ops' tags (``tag_compile_caches``)."""
+    key the compile caches by the ops' tags (``tag_compile_caches``); True where the mix-order
+    reductions' final sums are routed to ``alpha::column_sum_deferred``."""
     from torch._inductor import lowering
     from torch._library.utils import get_layout_constraint_tag
 
+    from alpha.model.column_sums import route_mix_order_sums
+
+    routed = route_mix_order_sums()
     for op in _ops():
         if op in lowering.lowerings:
             continue
         constraint = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
         lowering.make_fallback(op, layout_constraint=constraint)
     tag_compile_caches()
+    return routed

@@ -31,6 +31,7 @@ import contextlib
 import warnings
 import weakref
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +40,21 @@ from torch import nn
 from alpha.model.inductor_ops import register_fallbacks
 
 
-def compile_options(model: nn.Module) -> dict[str, bool] | None:
+def compile_options(model: nn.Module) -> dict[str, Any] | None:
     """``torch.compile`` options for ``model``: with slots attached, Inductor must not hand a buffer
     that the side stream may still be reading to a later kernel. Call it just before compiling:
-    it registers our ops with Inductor (``alpha.model.inductor_ops``)."""
-    register_fallbacks()
+    it registers our ops with Inductor (``alpha.model.inductor_ops``).
+
+    Where the final sums of Inductor's mix-order reductions are deferred (``alpha.model.column_sums``),
+    the LayerNorm backwards of shorter micro-batches take that fused form too: Inductor holds it back
+    below 5 Mi elements (e.g. batch 20 of the seed model), where its two final sums would cost more
+    than the second pass over the rows that it saves."""
+    routed = register_fallbacks()
     if any(isinstance(m, Linear) and m.grad_slot is not None for m in model.modules()):
-        return {"allow_buffer_reuse": False, "inplace_buffers": False}
+        options: dict[str, Any] = {"allow_buffer_reuse": False, "inplace_buffers": False}
+        if routed and hasattr(torch._inductor.config.triton, "mix_order_reduction_non_strict_mode"):
+            options["triton.mix_order_reduction_non_strict_mode"] = True
+        return options
     return None
 
 

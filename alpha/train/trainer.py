@@ -36,6 +36,7 @@ from alpha.config import Domain, ModelConfig, TrainConfig, config_hash
 from alpha.data.tokenizer import BpeTokenizer, CharTokenizer
 from alpha.data.tokens import BatchSource, TokenData
 from alpha.events import Alert, CheckpointSaved, Eval, Event, EventBus, RecordingBus, RunEnd, Samples, Step
+from alpha.model.column_sums import DeferredSums
 from alpha.model.gpt import GPT
 from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import WeightGradStream, compile_options
@@ -223,6 +224,10 @@ class Trainer:
             self.wgrad_stream.attach(self.model)
         self._bind_flat_gradients()
         self._hand_shadows_to_optimizer()
+        # the compiled LayerNorm backwards' weight and bias sums, computed once a backward
+        # (alpha.model.column_sums)
+        deferrable = cfg.compile and kernels_available(self.device)
+        self.deferred_sums = DeferredSums(self.device) if deferrable else None
         self.forward_model: nn.Module = (
             torch.compile(self.model, options=compile_options(self.model)) if cfg.compile else self.model
         )
@@ -384,12 +389,15 @@ class Trainer:
         if self.wgrad_stream is not None:
             self.wgrad_stream.begin_step()
         loss_sum = torch.zeros((), device=self.device)
-        for micro in range(k):
-            x, y = tokens[micro, :, :-1], tokens[micro, :, 1:]
-            with self.autocast():
-                loss = self.forward_model(x, y)
-            (loss * (g["loss_scale"] / k)).backward()
-            loss_sum += loss.detach().float()
+        sums = self.deferred_sums
+        deferring = sums.open(self.model) if sums is not None else contextlib.nullcontext()
+        with deferring:
+            for micro in range(k):
+                x, y = tokens[micro, :, :-1], tokens[micro, :, 1:]
+                with self.autocast():
+                    loss = self.forward_model(x, y)
+                (loss * (g["loss_scale"] / k)).backward()
+                loss_sum += loss.detach().float()
         if self.wgrad_stream is not None:  # weight gradients computed on the side stream
             self.wgrad_stream.join()
         if buffer is not None:  # gradients and loss averaged over ranks in one collective
