@@ -6,7 +6,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from alpha.train.gpu_probe import FIELDS, GpuProbe, describe, parse
+from alpha.train.gpu_probe import FIELDS, KEYS, GpuProbe, describe, parse, supported_optional_fields
 
 
 def _stand_in(tmp_path: Path, answer: str, code: int = 0) -> Path:
@@ -47,3 +47,31 @@ def test_a_failed_or_missing_query_is_no_reading(tmp_path: Path) -> None:
     missing.start()
     assert missing.finish() is None and describe(None) == "n/a"
     assert GpuProbe("0").finish() is None  # never started
+
+
+def test_the_optional_fields_are_read_where_nvidia_smi_lists_them(tmp_path: Path) -> None:
+    listing = tmp_path / "listing"
+    listing.write_text(
+        '"power.draw" or "power.draw.average"\nLast measured power draw.\n'
+        '"power.draw.instant"\nInstantaneous power draw.\n'
+        '"clocks_event_reasons.sw_power_cap" or "clocks_throttle_reasons.sw_power_cap"\nSW Power Cap.\n'
+    )
+    lister = tmp_path / "lister"
+    lister.write_text(f"#!/bin/sh\ncat {listing}\n")
+    lister.chmod(lister.stat().st_mode | stat.S_IEXEC)
+    optional = supported_optional_fields(str(lister))
+    assert optional == ("power.draw.instant", "clocks_event_reasons.sw_power_cap")
+    listing.write_text('"power.draw" or "power.draw.average"\n')  # an older nvidia-smi
+    assert supported_optional_fields(str(lister)) == ()
+    assert supported_optional_fields(str(tmp_path / "no-such-tool")) == ()
+
+    answer = "1665, 1980, 241.50, 700.00, 49, 100, 690.40, Active\\n"
+    probe = GpuProbe("0", str(_stand_in(tmp_path, answer)), optional)
+    probe.start()
+    reading = probe.finish()
+    args = (tmp_path / "args").read_text().split()
+    assert args[2] == "--query-gpu=" + ",".join(FIELDS + optional)
+    assert reading is not None and reading["power_capped"] is True and reading["power_now_w"] == 690.4
+    assert describe(reading) == "SM 1665 of 1980 MHz, 690 W of 700 W (power-capped), 49 C, 100% busy"
+    keys = (*KEYS, "power_now_w", "power_capped")
+    assert parse("1980, 1980, 122.2, 700.00, 40, 0, 122.5, Not Active", keys)["power_capped"] is False  # type: ignore[index]
