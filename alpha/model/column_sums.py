@@ -16,7 +16,10 @@ that the graph only returns (and at most views) into ``alpha::column_sum_deferre
 workspace alive; the first gradient hook of the model's parameters (which autograd calls before
 it accumulates a gradient) or the end of the scope then computes every pending sum with one
 Triton kernel (``alpha.model.column_sum_kernels``) on the current stream. With no scope open the
-op sums at once. The rewrite is a patch of Inductor's internals, so it checks that the method it
+op sums at once. With the sums deferred, the fused form pays below Inductor's 5 Mi-element floor
+too, so ``compile_options`` (``alpha.model.linear``) lifts it for our models; only graphs that
+call our ops get the rewrite, so a plain PyTorch model compiled in the same process keeps
+Inductor's code. The rewrite is a patch of Inductor's internals, so it checks that the method it
 wraps is there and leaves Inductor alone otherwise (``ALPHA_MIX_ORDER_SUMS=0`` turns it off); the
 compile caches are keyed by it (``alpha.model.inductor_ops``).
 
