@@ -24,6 +24,8 @@ kernels, and the CPU).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -55,10 +57,7 @@ def _lowbias32(x: torch.Tensor) -> torch.Tensor:
 
 def keep_mask(shape: torch.Size, p: float, seed: torch.Tensor) -> torch.Tensor:
     """The mask of ``hashed_dropout`` (True: kept) for a tensor of ``shape`` and a one-element int32 seed."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    index = torch.arange(numel, device=seed.device, dtype=torch.int32).view(shape)
+    index = torch.arange(math.prod(shape), device=seed.device, dtype=torch.int32).view(shape)
     bits = (_lowbias32(index ^ seed) >> (32 - _MASK_BITS)) & ((1 << _MASK_BITS) - 1)
     return bits >= round(p * (1 << _MASK_BITS))
 

@@ -36,8 +36,7 @@ class HostBuffers:
         cannot be allocated."""
         buffers = dict(self._buffers)
         for name, (shape, dtype) in wanted.items():
-            buf = buffers.get(name)
-            if buf is None or buf.shape != shape or buf.dtype != dtype:
+            if not _fits(buffers.get(name), shape, dtype):
                 buffers[name] = self._allocate(shape, dtype).zero_()
         self._buffers = buffers
         return buffers
@@ -50,7 +49,7 @@ class HostBuffers:
         for name, value in tensors.items():
             value = value.detach()
             buf = self._buffers.get(name)
-            if buf is None or buf.shape != value.shape or buf.dtype != value.dtype:
+            if not _fits(buf, value.shape, value.dtype):
                 buf = self._allocate(value.shape, value.dtype)
             buffers[name] = buf.copy_(value, non_blocking=self.memory == "pinned")
         self._buffers = buffers
@@ -61,3 +60,8 @@ class HostBuffers:
     def _allocate(self, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
         buf = torch.empty(shape, dtype=dtype, pin_memory=self.memory == "pinned")
         return buf.share_memory_() if self.memory == "shared" else buf
+
+
+def _fits(buf: torch.Tensor | None, shape: torch.Size, dtype: torch.dtype) -> bool:
+    """Whether ``buf`` can hold a copy of a tensor of this shape and dtype."""
+    return buf is not None and buf.shape == shape and buf.dtype == dtype
