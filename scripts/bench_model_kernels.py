@@ -104,10 +104,10 @@ def _report(
 
 
 def _report_embedding(rows: int) -> None:
-    """The token table's gradient (4000 x 384) from a (rows, 384) bf16 gradient: our kernel
-    against Inductor's compiled lookup backward (from float32) and ATen's own (sorted), for
-    uniform tokens (as the bench's) and skewed ones (as a corpus's)."""
-    from alpha.model.embedding_kernels import add_rows
+    """The token table's gradient (4000 x 384) from a (rows, 384) bf16 gradient: the run sums
+    (sort included) against Inductor's compiled lookup backward (float32 atomics a row) and
+    ATen's own (sorted), for uniform tokens (as the bench's) and skewed ones (as a corpus's)."""
+    from alpha.model.embedding_kernels import run_sums
 
     def lookup_backward(grad: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return torch.ops.aten.embedding_dense_backward(grad.float(), idx, 4000, -1, False)
@@ -118,11 +118,12 @@ def _report_embedding(rows: int) -> None:
     skewed = (torch.rand(rows, device="cuda") ** 4 * 4000).long()
     print(f"embedding backward, {rows} x 384 bf16 into 4000 rows:")
     for name, idx in (("uniform", uniform), ("skewed ", skewed)):
-        ours = graph_time(lambda idx=idx: add_rows(grad, idx, 4000), [()])
+        ours = graph_time(lambda idx=idx: run_sums(grad, idx, 4000), [()])
         inductor = graph_time(lambda idx=idx: compiled(grad, idx), [()])
         aten = graph_time(lambda idx=idx: lookup_backward(grad, idx), [()])
+        sort = graph_time(lambda idx=idx: torch.sort(idx.to(torch.int32)), [()])
         _line(name, (ours, inductor), rows * 384 * 2)
-        print(f"          aten {aten:7.1f} us")
+        print(f"          aten {aten:7.1f} us | the sort alone {sort:7.1f} us")
 
 
 def _report_adamw() -> None:

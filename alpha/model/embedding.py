@@ -1,12 +1,14 @@
-"""Token and position embeddings as one autograd function, the token table's gradient a kernel of its own.
+"""Token and position embeddings as one autograd function, the token table's gradient summed by runs.
 
 The forward is PyTorch's (two lookups, a sum and the cast to the residual stream's dtype, which
 the compiler fuses). The backward takes the residual stream's gradient in that dtype and returns
 the position table's gradient as PyTorch's sum over the batch, and the token table's from
-``alpha::embedding_backward``: on CUDA with Triton a kernel that adds each 16-bit gradient row
-into its token's float32 row (``alpha.model.embedding_kernels``). Inductor compiles the same
-atomic adds itself, but fuses them into the first LayerNorm's backward, which they made three
-times as long as the others.
+``alpha::embedding_backward``: on CUDA with Triton a kernel that sorts the tokens, sums the
+gradient rows of each run of equal tokens with one matrix product per chunk of the sorted order,
+and adds only those sums into the table (``alpha.model.embedding_kernels``). Inductor's own
+backward of a lookup adds every row of the gradient into the table with float32 atomics, about
+25 million at batch 128, and most of them into the rows of the few tokens a chat corpus is full
+of; fused into the first LayerNorm's backward they made it three times as long as the others.
 
 Elsewhere (the CPU, a float32 gradient, which a 16-bit matrix product would round) the op is
 ``index_add_`` in float32.
@@ -22,7 +24,7 @@ import torch
 from alpha.model.kernel_support import kernels_available
 
 # ALPHA_EMBEDDING_BACKWARD=lookup leaves the embeddings to PyTorch (the build before, for A/B runs)
-ENABLED = os.environ.get("ALPHA_EMBEDDING_BACKWARD", "kernel") != "lookup"
+ENABLED = os.environ.get("ALPHA_EMBEDDING_BACKWARD", "runs") != "lookup"
 
 
 def applies(wte: torch.Tensor, wpe: torch.Tensor) -> bool:
@@ -40,9 +42,9 @@ def embedding_backward(grad: torch.Tensor, idx: torch.Tensor, num_rows: int) -> 
     C = grad.shape[-1]
     rows = grad.reshape(-1, C)
     if kernels_available(grad.device) and grad.dtype in (torch.bfloat16, torch.float16):
-        from alpha.model.embedding_kernels import add_rows
+        from alpha.model.embedding_kernels import run_sums
 
-        return add_rows(rows.contiguous(), idx.reshape(-1), num_rows)
+        return run_sums(rows.contiguous(), idx.reshape(-1), num_rows)
     out = torch.zeros(num_rows, C, device=grad.device, dtype=torch.float32)
     return out.index_add_(0, idx.reshape(-1), rows.float())
 
