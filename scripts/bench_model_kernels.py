@@ -4,7 +4,6 @@
 
 GELU forward and backward on (rows, 1536) bf16 (the seed model's FFN at batch 20 and 128) and
 the loss's forward on (rows, 4000) bf16 logits with row stride 4032, as the step has them; and
-the token embedding's backward (``alpha.model.embedding_kernels``, uniform and skewed tokens); and
 one AdamW step over the seed model's parameters (``alpha.train.adamw`` against PyTorch's fused
 AdamW, without and with the linear weights' bf16 shadows: its 488 MB of state never fit in L2).
 Each figure is the time of one call inside a CUDA graph of 20 calls, replayed 20 times. The floors are
@@ -103,29 +102,6 @@ def _report(
     _line("forward ", loss, rows * 4000 * 2)
 
 
-def _report_embedding(rows: int) -> None:
-    """The token table's gradient (4000 x 384) from a (rows, 384) bf16 gradient: the run sums
-    (sort included) against Inductor's compiled lookup backward (float32 atomics a row) and
-    ATen's own (sorted), for uniform tokens (as the bench's) and skewed ones (as a corpus's)."""
-    from alpha.model.embedding_kernels import run_sums
-
-    def lookup_backward(grad: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten.embedding_dense_backward(grad.float(), idx, 4000, -1, False)
-
-    compiled = torch.compile(lookup_backward)
-    grad = torch.randn(rows, 384, device="cuda", dtype=torch.bfloat16)
-    uniform = torch.randint(0, 4000, (rows,), device="cuda")
-    skewed = (torch.rand(rows, device="cuda") ** 4 * 4000).long()
-    print(f"embedding backward, {rows} x 384 bf16 into 4000 rows:")
-    for name, idx in (("uniform", uniform), ("skewed ", skewed)):
-        ours = graph_time(lambda idx=idx: run_sums(grad, idx, 4000), [()])
-        inductor = graph_time(lambda idx=idx: compiled(grad, idx), [()])
-        aten = graph_time(lambda idx=idx: lookup_backward(grad, idx), [()])
-        sort = graph_time(lambda idx=idx: torch.sort(idx.to(torch.int32)), [()])
-        _line(name, (ours, inductor), rows * 384 * 2)
-        print(f"          aten {aten:7.1f} us | the sort alone {sort:7.1f} us")
-
-
 def _report_adamw() -> None:
     from alpha.config import ModelConfig
     from alpha.model.gpt import GPT
@@ -178,7 +154,6 @@ def main() -> None:
     }
     for rows in args.rows:
         _report(rows, ours, compiled, args.cold)
-        _report_embedding(rows)
     _report_adamw()
 
 

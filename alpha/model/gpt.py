@@ -9,9 +9,7 @@ keeps it in fp32), which halves the memory traffic of every residual add and Lay
 and backward. Attention is ``alpha::causal_attention`` (``alpha.model.attention``: cuDNN's forward,
 or ours under dropout, and a Triton backward, over the qkv projection's output) where its kernels
 apply, and otherwise (a key/value cache, the CPU) ``scaled_dot_product_attention``; a tanh
-soft-cap on the scores needs the explicit path. While gradients are taken the embeddings are
-one function (``alpha.model.embedding``) whose token-table gradient is summed by runs of a token
-rather than added row by row. The loss is ``losses.cross_entropy``, which never
+soft-cap on the scores needs the explicit path. The loss is ``losses.cross_entropy``, which never
 materialises fp32 log-probabilities; while gradients are taken on CUDA the head and the loss are one
 function (``alpha.model.head_loss``) that computes the logits' gradient in the forward pass.
 
@@ -30,7 +28,6 @@ from torch import nn
 
 from alpha.config import ModelConfig
 from alpha.model import attention as attention_op
-from alpha.model import embedding as embedding_op
 from alpha.model import head_loss as head_loss_op
 from alpha.model.activations import MLP
 from alpha.model.dropout import Dropout, dropout_seed
@@ -172,14 +169,10 @@ class GPT(nn.Module):
         past = cache.length if cache is not None else 0
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block size {self.config.block_size}")
-        residual = self.wte.weight.dtype
-        if not self.config.fp32_residual and autocast_dtype(idx.device) == torch.bfloat16:
-            residual = torch.bfloat16
-        if cache is None and embedding_op.applies(self.wte.weight, self.wpe.weight):
-            x = embedding_op.embeddings(idx, self.wte.weight, self.wpe.weight, residual)
-        else:
-            pos = torch.arange(past, past + T, device=idx.device)
-            x = (self.wte(idx) + self.wpe(pos)).to(residual)
+        pos = torch.arange(past, past + T, device=idx.device)
+        x = self.wte(idx) + self.wpe(pos)
+        if not self.config.fp32_residual and autocast_dtype(x.device) == torch.bfloat16:
+            x = x.to(torch.bfloat16)
         for i, block in enumerate(self.layers):
             x = block(x, cache.layers[i] if cache is not None else None)
         h = self.ln_f(x)
