@@ -24,7 +24,6 @@ apply (``applies``); otherwise, and for soft-capped scores or a key/value cache,
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
@@ -33,8 +32,8 @@ from alpha.model.kernel_support import kernels_available
 
 # which kernel runs the forward on CUDA: cuDNN's flash attention ("cudnn", through PyTorch's op,
 # which writes its output in the (B, T, H, d) layout of q and returns the rows' log-sum-exp) or
-# ours ("triton", ALPHA_ATTENTION_FORWARD=triton); the backward is always ours
-FORWARD_KERNEL = os.environ.get("ALPHA_ATTENTION_FORWARD", "cudnn")
+# ours ("triton"); the backward is always ours
+FORWARD_KERNEL = "cudnn"
 # attention dropout through the op too (then the forward is ours: cuDNN's mask cannot be drawn
 # again in our backward); False leaves dropout to scaled_dot_product_attention
 KERNEL_DROPOUT = True
