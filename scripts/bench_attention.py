@@ -1,16 +1,13 @@
 """Time causal attention for the seed shape: PyTorch's SDPA (cuDNN) against ``alpha::causal_attention``.
 
-    python scripts/bench_attention.py [--batch 20 128] [--sweep | --sweep-backward] [--dropout 0.1]
-                                      [--dq split atomic]
+    python scripts/bench_attention.py [--batch 20 128] [--sweep] [--dropout 0.1]
 
 Per layer, forward alone and forward + backward, from the qkv projection's (B, T, 3C) output to
 its gradient, as a step has them: SDPA on views of q, k and v (its output back to (B, T, C), its
 three gradients concatenated by autograd), against the op (which reads and writes those layouts
 itself). Eight layers' inputs are gone round (more than an H200's L2 at batch 20), each figure
-the mean of 20 replays of a CUDA graph of the eight; the op once for each way of taking dq that
-``--dq`` names (``attention_kernels.DQ``). ``--sweep`` also times the Triton kernels at each block
-configuration (forward and backward apart, the backward in each ``--dq`` way) and prints the
-fastest; ``--sweep-backward`` only the backward.
+the mean of 20 replays of a CUDA graph of the eight. ``--sweep`` also times the Triton kernels at
+each block configuration (forward and backward apart) and prints the fastest.
 """
 
 from __future__ import annotations
@@ -24,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from bench_model_kernels import graph_time  # this script's neighbour in scripts/
 
-from alpha.model import attention, attention_kernels
+from alpha.model import attention
 from alpha.model.dropout import dropout_seed
 
 HEADS, HEAD_DIM, T, LAYERS = 8, 48, 512, 8
@@ -64,13 +61,15 @@ def time_path(fn: Callable[[torch.Tensor], torch.Tensor], xs: list, grads: list)
     return layer_time(forward), layer_time(both)
 
 
-def sweep(xs: list, grads: list, dq_modes: list[str], forward: bool) -> None:
+def sweep(xs: list, grads: list) -> None:
+    from alpha.model import attention_kernels
+
     inputs = [x.detach() for x in xs]
     seed = dropout_seed(inputs[0].device) if DROPOUT > 0 else None
     saved = [attention.causal_attention(x, HEADS, DROPOUT, seed) for x in inputs]
     results = []
     for bm, bn, warps, stages in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4]):
-        if bn > bm or not forward:
+        if bn > bm:
             continue
         cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
         try:
@@ -84,22 +83,20 @@ def sweep(xs: list, grads: list, dq_modes: list[str], forward: bool) -> None:
             continue
         results.append((us, "forward ", cfg))
     blocks = [(32, 64, 32), (64, 64, 64), (16, 64, 16), (32, 128, 32), (64, 128, 64), (16, 128, 16)]
-    for dq, (m1, n1, n2), warps, stages in itertools.product(dq_modes, blocks, [4, 8], [2, 3, 4]):
-        if dq == "atomic" and m1 == 16:
-            continue  # a matrix product of 16 rows for every atomic tile
+    for (m1, n1, n2), warps, stages in itertools.product(blocks, [4, 8], [2, 3, 4]):
         cfg = {"BLOCK_M1": m1, "BLOCK_N1": n1, "BLOCK_N2": n2, "num_warps": warps, "num_stages": stages}
         try:
             us = layer_time(
-                lambda cfg=cfg, dq=dq: [
-                    attention_kernels.attention_backward(g, x, o, lse, HEADS, DROPOUT, seed, cfg, dq)
+                lambda cfg=cfg: [
+                    attention_kernels.attention_backward(g, x, o, lse, HEADS, DROPOUT, seed, config=cfg)
                     for x, g, (o, lse) in zip(inputs, grads, saved, strict=True)
                 ]
             )
         except Exception as e:
-            print(f"  backward {dq} {cfg}: {type(e).__name__}", file=sys.stderr)
+            print(f"  backward {cfg}: {type(e).__name__}", file=sys.stderr)
             continue
-        results.append((us, f"backward {dq}", cfg))
-    for kind in ["forward "] + [f"backward {dq}" for dq in dq_modes]:
+        results.append((us, "backward", cfg))
+    for kind in ("forward ", "backward"):
         best = sorted(r for r in results if r[1] == kind)[:3]
         for us, _, cfg in best:
             print(f"  {kind} {us:7.1f} us  {cfg}")
@@ -109,8 +106,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, nargs="+", default=[20, 128])
     parser.add_argument("--sweep", action="store_true", help="time the kernels' block configurations")
-    parser.add_argument("--sweep-backward", action="store_true", help="the backward's only")
-    parser.add_argument("--dq", nargs="+", choices=["split", "atomic"], default=["split", "atomic"])
     parser.add_argument("--dropout", type=float, default=0.0, help="attention dropout (both paths)")
     args = parser.parse_args()
     global DROPOUT
@@ -126,15 +121,11 @@ def main() -> None:
         ]
         grads = [torch.randn(batch, T, C, device="cuda", dtype=torch.bfloat16) for _ in range(LAYERS)]
         print(f"batch {batch}, T {T}, {HEADS} heads of {HEAD_DIM}, bf16, dropout {DROPOUT}, us per layer:")
-        forward, both = time_path(sdpa, xs, grads)
-        print(f"  {'sdpa (cuDNN)':32s} forward {forward:6.1f} | forward + backward {both:6.1f}")
-        for dq in args.dq:
-            attention_kernels.DQ = dq
-            forward, both = time_path(ours, xs, grads)
-            name = f"alpha::causal_attention, {dq}"
-            print(f"  {name:32s} forward {forward:6.1f} | forward + backward {both:6.1f}")
-        if args.sweep or args.sweep_backward:
-            sweep(xs, grads, args.dq, forward=args.sweep)
+        for name, fn in (("sdpa (cuDNN)", sdpa), ("alpha::causal_attention", ours)):
+            forward, both = time_path(fn, xs, grads)
+            print(f"  {name:24s} forward {forward:6.1f} | forward + backward {both:6.1f}")
+        if args.sweep:
+            sweep(xs, grads)
 
 
 if __name__ == "__main__":

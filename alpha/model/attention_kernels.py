@@ -18,18 +18,11 @@ them, and the same program then accumulates dq for the block of queries at its i
 keys those see: the two loops' lengths add up to the same in every program, and dq needs neither
 atomics nor a float32 buffer. (D computed inside the backward kernel instead, from tiles of O
 loaded beside dO's, made the step slower.)
-
-Or FlashAttention-2's own backward (``DQ = "atomic"``): the loop over the queries that see a block
-of keys also multiplies its dSᵀ by the keys and adds that share of dq into a float32 accumulator
-with relaxed atomics; the D pass zeroes the accumulator and one copy converts it into the
-gradient. Per pair of tiles that is five matrix products and one exponential instead of seven
-and two, for float32 atomics in their place.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -195,14 +188,10 @@ def _attention_forward_kernel(
 
 
 @triton.jit
-def _attention_delta_kernel(
-    OUT, DO, DELTA, DQ_ACC, N, BLOCK: tl.constexpr, HD: tl.constexpr, D: tl.constexpr, ZERO_DQ: tl.constexpr
-):  # fmt: skip
+def _attention_delta_kernel(OUT, DO, DELTA, N, BLOCK: tl.constexpr, HD: tl.constexpr, D: tl.constexpr):
     """DELTA[b, t, h] = Σ_d O[b, t, h, d] dO[b, t, h, d], for BLOCK of the N (b, t, h) rows a
     program. O and dO are read as they lie (rows of HD one after another), and with HD known to
-    the compiler their loads are 16-byte vectors; DELTA is written in the same order. With ZERO_DQ
-    the program also zeroes the same rows of the float32 dq accumulator (laid out as O is), which
-    the atomic backward adds into."""
+    the compiler their loads are 16-byte vectors; DELTA is written in the same order."""
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     cols = tl.arange(0, D)
     mask = (rows[:, None] < N) & (cols[None, :] < HD)
@@ -210,8 +199,6 @@ def _attention_delta_kernel(
     o = tl.load(OUT + offs, mask=mask, other=0.0).to(tl.float32)
     do = tl.load(DO + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(DELTA + rows, tl.sum(o * do, 1), mask=rows < N)
-    if ZERO_DQ:
-        tl.store(DQ_ACC + offs, tl.zeros([BLOCK, D], tl.float32), mask=mask)
 
 
 @triton.jit
@@ -219,7 +206,6 @@ def _attention_backward_kernel(
     QKV,
     DO,
     DQKV,
-    DQ_ACC,
     LSE,
     DELTA,
     SEED,
@@ -235,7 +221,6 @@ def _attention_backward_kernel(
     D0: tl.constexpr,
     D1: tl.constexpr,
     DROPOUT: tl.constexpr,
-    ATOMIC_DQ: tl.constexpr,
 ):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
@@ -248,7 +233,6 @@ def _attention_backward_kernel(
     v_base = q_base + 2 * C
     do_base = DO + b.to(tl.int64) * T * C + head
     dq_base = DQKV + b.to(tl.int64) * T * row + head
-    acc_base = DQ_ACC + b.to(tl.int64) * T * C + head  # (B, T, C) float32, under ATOMIC_DQ
     lse_base = LSE + bh.to(tl.int64) * T
     delta_base = DELTA + b.to(tl.int64) * T * H + h  # (B, T, H)
     c0 = tl.arange(0, D0)
@@ -294,53 +278,44 @@ def _attention_backward_kernel(
         dst = (pt * (dpt - delta[None, :])).to(qt0.dtype)
         dk0 = tl.dot(dst, tl.trans(qt0), dk0)
         dk1 = tl.dot(dst, tl.trans(qt1), dk1)
-        if ATOMIC_DQ:
-            # this tile's share of dq: dsᵀ k, added into the float32 accumulator
-            ds = tl.trans(dst)
-            tile = acc_base + queries[:, None] * C
-            tl.atomic_add(tile + c0[None, :], tl.dot(ds, k0) * sm_scale, sem="relaxed")
-            tl.atomic_add(tile + c1[None, :], tl.dot(ds, k1) * sm_scale, sem="relaxed")
     dtype = DQKV.dtype.element_ty
     _store_rows(dq_base + C, keys, row, c0, c1, dk0, dk1, sm_scale, dtype)
     _store_rows(dq_base + 2 * C, keys, row, c0, c1, dv0, dv1, 1.0, dtype)
-    if not ATOMIC_DQ:
-        # dq of the queries [start_m, start_m + BLOCK_N1), over the keys at or before them
-        start_m = pid * BLOCK_N1
-        queries = start_m + tl.arange(0, BLOCK_N1)
-        q0, q1 = _load_rows(q_base, queries, row, c0, c1)
-        do0, do1 = _load_rows(do_base, queries, C, c0, c1)
-        lse = tl.load(lse_base + queries) * _LOG2E
-        delta = tl.load(delta_base + queries * H)
-        dq0 = tl.zeros([BLOCK_N1, D0], tl.float32)
-        dq1 = tl.zeros([BLOCK_N1, D1], tl.float32)
-        offs_n2 = tl.arange(0, BLOCK_N2)
-        for start_k in range(0, start_m + BLOCK_N1, BLOCK_N2):
-            ks = start_k + offs_n2
-            kt0, kt1 = _load_rows_t(k_base, ks, row, c0, c1)
-            vt0, vt1 = _load_rows_t(v_base, ks, row, c0, c1)
-            s = tl.dot(q0, kt0)
-            s = tl.dot(q1, kt1, s)
-            p = tl.math.exp2(s * qk_scale - lse[:, None])
-            if start_k >= start_m:
-                p = tl.where(queries[:, None] >= ks[None, :], p, 0.0)
-            dp = tl.dot(do0, vt0)
-            dp = tl.dot(do1, vt1, dp)
-            if DROPOUT:
-                kept = _kept(seed, bh, start_m, start_k, T, p_drop, BLOCK_N1, BLOCK_N2)
-                dp = tl.where(kept, dp * keep_scale, 0.0)
-            ds = (p * (dp - delta[:, None])).to(q0.dtype)
-            dq0 = tl.dot(ds, tl.trans(kt0), dq0)
-            dq1 = tl.dot(ds, tl.trans(kt1), dq1)
-        _store_rows(dq_base, queries, row, c0, c1, dq0, dq1, sm_scale, dtype)
+
+    # dq of the queries [start_m, start_m + BLOCK_N1), over the keys at or before them
+    start_m = pid * BLOCK_N1
+    queries = start_m + tl.arange(0, BLOCK_N1)
+    q0, q1 = _load_rows(q_base, queries, row, c0, c1)
+    do0, do1 = _load_rows(do_base, queries, C, c0, c1)
+    lse = tl.load(lse_base + queries) * _LOG2E
+    delta = tl.load(delta_base + queries * H)
+    dq0 = tl.zeros([BLOCK_N1, D0], tl.float32)
+    dq1 = tl.zeros([BLOCK_N1, D1], tl.float32)
+    offs_n2 = tl.arange(0, BLOCK_N2)
+    for start_k in range(0, start_m + BLOCK_N1, BLOCK_N2):
+        ks = start_k + offs_n2
+        kt0, kt1 = _load_rows_t(k_base, ks, row, c0, c1)
+        vt0, vt1 = _load_rows_t(v_base, ks, row, c0, c1)
+        s = tl.dot(q0, kt0)
+        s = tl.dot(q1, kt1, s)
+        p = tl.math.exp2(s * qk_scale - lse[:, None])
+        if start_k >= start_m:
+            p = tl.where(queries[:, None] >= ks[None, :], p, 0.0)
+        dp = tl.dot(do0, vt0)
+        dp = tl.dot(do1, vt1, dp)
+        if DROPOUT:
+            kept = _kept(seed, bh, start_m, start_k, T, p_drop, BLOCK_N1, BLOCK_N2)
+            dp = tl.where(kept, dp * keep_scale, 0.0)
+        ds = (p * (dp - delta[:, None])).to(q0.dtype)
+        dq0 = tl.dot(ds, tl.trans(kt0), dq0)
+        dq1 = tl.dot(ds, tl.trans(kt1), dq1)
+    _store_rows(dq_base, queries, row, c0, c1, dq0, dq1, sm_scale, dtype)
 
 
 # the fastest of a sweep on an H200 at batch 20 and 128 (seed shape: T 512, 8 heads of 48)
 FORWARD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
 BACKWARD = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
-BACKWARD_ATOMIC = {"BLOCK_M1": 64, "BLOCK_N1": 64, "BLOCK_N2": 64, "num_warps": 4, "num_stages": 3}
 DELTA_BLOCK = 128
-# how the backward takes dq: "split" (its own loop, no atomics) or "atomic" (FlashAttention-2's)
-DQ = os.environ.get("ALPHA_ATTENTION_DQ", "split")
 
 
 def attention_forward(
@@ -391,29 +366,24 @@ def attention_backward(
     dropout_p: float = 0.0,
     seed: torch.Tensor | None = None,
     config: dict | None = None,
-    dq: str | None = None,
 ) -> torch.Tensor:
     """The (B, T, 3C) gradient of causal attention's qkv, from the contiguous output gradient
-    (and the forward's dropout and seed); ``dq`` is "split" or "atomic" (default ``DQ``)."""
-    atomic = (dq or DQ) == "atomic"
-    cfg = config or (BACKWARD_ATOMIC if atomic else BACKWARD)
+    (and the forward's dropout and seed)."""
+    cfg = config or BACKWARD
     B, T, C3 = qkv.shape
     C = C3 // 3
     hd = C // n_head
     d0, d1 = head_split(hd)
     rows = B * T * n_head
     delta = torch.empty(B, T, n_head, device=qkv.device, dtype=torch.float32)
-    dq_acc = torch.empty(B, T, C, device=qkv.device, dtype=torch.float32) if atomic else delta
     _attention_delta_kernel[(triton.cdiv(rows, DELTA_BLOCK),)](
         out,
         grad_out,
         delta,
-        dq_acc,
         rows,
         BLOCK=DELTA_BLOCK,
         HD=hd,
         D=triton.next_power_of_2(hd),
-        ZERO_DQ=atomic,
         num_warps=4,
     )
     dqkv = torch.empty_like(qkv)
@@ -423,7 +393,6 @@ def attention_backward(
         qkv,
         grad_out,
         dqkv,
-        dq_acc,
         lse,
         delta,
         lse if seed is None else seed,
@@ -439,12 +408,9 @@ def attention_backward(
         D0=d0,
         D1=d1,
         DROPOUT=dropout_p > 0,
-        ATOMIC_DQ=atomic,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
-    if atomic:
-        dqkv.view(B, T, 3, C)[:, :, 0].copy_(dq_acc)
     return dqkv
 
 

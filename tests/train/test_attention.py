@@ -172,14 +172,10 @@ def test_the_model_keeps_sdpa_where_the_kernels_do_not_apply() -> None:
 @needs_kernels
 @pytest.mark.parametrize("shape", [(2, 512, 8, 48), (3, 128, 4, 48), (1, 256, 2, 64), (2, 192, 3, 96)])
 @pytest.mark.parametrize("forward", ["cudnn", "triton"])
-@pytest.mark.parametrize("dq", ["split", "atomic"])
 def test_the_kernels_match_fp32_attention_as_closely_as_cudnn(
-    shape: tuple[int, int, int, int], forward: str, dq: str, monkeypatch: pytest.MonkeyPatch
+    shape: tuple[int, int, int, int], forward: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from alpha.model import attention_kernels
-
     monkeypatch.setattr(attention, "FORWARD_KERNEL", forward)
-    monkeypatch.setattr(attention_kernels, "DQ", dq)
     B, T, H, d = shape
     torch.manual_seed(0)
     qkv = torch.randn(B, T, 3 * H * d, device="cuda", dtype=torch.bfloat16)
@@ -233,14 +229,8 @@ def test_the_compiled_model_with_the_op_trains_as_with_sdpa() -> None:
 
 @needs_kernels
 @pytest.mark.parametrize("shape", [(2, 512, 8, 48), (3, 128, 4, 64)])
-@pytest.mark.parametrize("dq", ["split", "atomic"])
-def test_the_kernels_dropout_matches_attention_under_their_own_mask(
-    shape: tuple[int, int, int, int], dq: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from alpha.model import attention_kernels
+def test_the_kernels_dropout_matches_attention_under_their_own_mask(shape: tuple[int, int, int, int]) -> None:
     from alpha.model.attention_kernels import dropout_mask
-
-    monkeypatch.setattr(attention_kernels, "DQ", dq)
 
     B, T, H, d = shape
     p = 0.1
@@ -291,8 +281,7 @@ def test_the_rowsum_pass_reads_in_16_byte_vectors() -> None:
     grad = torch.randn_like(out)
     delta = torch.empty(rows, device="cuda")
     compiled = attention_kernels._attention_delta_kernel[(rows // attention_kernels.DELTA_BLOCK,)](
-        out, grad, delta, delta, rows, BLOCK=attention_kernels.DELTA_BLOCK, HD=hd, D=64, ZERO_DQ=False,
-        num_warps=4,
-    )  # fmt: skip
+        out, grad, delta, rows, BLOCK=attention_kernels.DELTA_BLOCK, HD=hd, D=64, num_warps=4
+    )
     torch.testing.assert_close(delta, (out.float() * grad.float()).sum(1), atol=1e-3, rtol=1e-4)
     assert "ld.global.v4" in compiled.asm["ptx"]
