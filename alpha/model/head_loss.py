@@ -19,64 +19,13 @@ fp16's loss scaling is there to prevent.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
-from alpha.model import kernel_support
 from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import Linear, autocast_dtype
-from alpha.model.losses import MAX_KERNEL_VOCAB, cross_entropy_grad, reference_logsumexp_target
-
-# rows of logits computed and turned into their gradient at a time (``head_grad``); 0 takes them
-# all at once, as Inductor's product and ``alpha::cross_entropy_grad`` (ALPHA_HEAD_CHUNK_ROWS)
-CHUNK_ROWS = int(os.environ.get("ALPHA_HEAD_CHUNK_ROWS", "4096"))
-ROW_ALIGN = 64  # elements a row of logits is padded to (128 bytes in bf16, as Inductor pads them)
-
-
-@torch.library.custom_op("alpha::head_grad", mutates_args=())
-def head_grad(
-    x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk_rows: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(each row's cross-entropy in fp32, the mean loss's gradient ``(softmax - one_hot) / N`` of
-    the logits ``x wᵀ``, (N, V) in x's dtype with rows padded to ``ROW_ALIGN``) for (N, C) ``x``.
-    ``chunk_rows`` rows at a time: each chunk's logits are written by the product and overwritten
-    by their gradient while they are in L2, so the logits never go to memory and back."""
-    n, v = x.shape[0], w.shape[0]
-    stride = -(-v // ROW_ALIGN) * ROW_ALIGN
-    grad = torch.empty(n, stride, device=x.device, dtype=x.dtype)[:, :v]
-    row_loss = torch.empty(n, device=x.device, dtype=torch.float32)
-    for start in range(0, n, chunk_rows):
-        rows = slice(start, start + chunk_rows)
-        logits = torch.mm(x[rows], w.t(), out=grad[rows])
-        _cross_entropy_grad_in_place(logits, targets[rows], row_loss[rows], n)
-    return row_loss, grad
-
-
-@head_grad.register_fake
-def _(
-    x: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, chunk_rows: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    n, v = x.shape[0], w.shape[0]
-    stride = -(-v // ROW_ALIGN) * ROW_ALIGN
-    return x.new_empty(n, dtype=torch.float32), x.new_empty_strided((n, v), (stride, 1))
-
-
-def _cross_entropy_grad_in_place(
-    logits: torch.Tensor, targets: torch.Tensor, row_loss: torch.Tensor, n_mean: int
-) -> None:
-    """Each row's cross-entropy into ``row_loss`` and ``(softmax - one_hot) / n_mean`` over the logits."""
-    if kernel_support.kernels_available(logits.device) and logits.shape[1] <= MAX_KERNEL_VOCAB:
-        from alpha.model.loss_kernels import cross_entropy_grad as kernel
-
-        kernel(logits, targets, out=(row_loss, logits), n_mean=n_mean)
-        return
-    lse, target_logit = reference_logsumexp_target(logits, targets)
-    row_loss.copy_(lse - target_logit)
-    probs = torch.exp(logits.float() - lse[:, None])
-    probs[torch.arange(len(targets), device=logits.device), targets] -= 1.0
-    logits.copy_(probs / n_mean)
+from alpha.model.losses import MAX_KERNEL_VOCAB, cross_entropy_grad
 
 
 def applies(h: torch.Tensor, head: Linear) -> bool:
@@ -104,10 +53,7 @@ class _HeadLoss(torch.autograd.Function):
         dtype = autocast_dtype(h.device) or h.dtype
         x = h.reshape(-1, h.shape[-1]).to(dtype)
         w = shadow if shadow is not None and shadow.dtype == dtype else weight.to(dtype)
-        if CHUNK_ROWS > 0:
-            row_loss, grad = head_grad(x, w, targets.reshape(-1), CHUNK_ROWS)
-        else:
-            row_loss, grad = cross_entropy_grad(x @ w.t(), targets.reshape(-1))
+        row_loss, grad = cross_entropy_grad(x @ w.t(), targets.reshape(-1))
         ctx.save_for_backward(x, w, grad)
         ctx.slot = slot
         ctx.h_shape = h.shape

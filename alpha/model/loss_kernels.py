@@ -69,22 +69,13 @@ def _cross_entropy_grad_kernel(
 
 
 def cross_entropy_grad(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    warps: int = WARPS,
-    out: tuple[torch.Tensor, torch.Tensor] | None = None,
-    n_mean: int | None = None,
+    logits: torch.Tensor, targets: torch.Tensor, warps: int = WARPS
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(each row's cross-entropy in fp32, ``(softmax - one_hot) / N`` in the logits' dtype) for
-    (N, V) logits with unit column stride; into ``out`` (row losses, gradient; the gradient may
-    be the logits themselves: each program reads its row before it writes it) where given, and
-    with the mean taken over ``n_mean`` rows (a chunk's share of a larger batch) where given."""
+    (N, V) logits with unit column stride."""
     n, v = logits.shape
-    if out is None:
-        row_loss = torch.empty(n, device=logits.device, dtype=torch.float32)
-        grad = torch.empty(n, v, device=logits.device, dtype=logits.dtype)
-    else:
-        row_loss, grad = out
+    row_loss = torch.empty(n, device=logits.device, dtype=torch.float32)
+    grad = torch.empty(n, v, device=logits.device, dtype=logits.dtype)
     _cross_entropy_grad_kernel[(n,)](
         logits,
         targets,
@@ -93,7 +84,7 @@ def cross_entropy_grad(
         logits.stride(0),
         grad.stride(0),
         v,
-        1.0 / (n_mean or n),
+        1.0 / n,
         BLOCK=triton.next_power_of_2(v),
         num_warps=warps,
     )

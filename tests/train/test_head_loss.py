@@ -35,19 +35,6 @@ def test_the_gradient_op_is_the_mean_cross_entropys_gradient() -> None:
     assert row_loss16.dtype == torch.float32 and grad16.dtype == torch.bfloat16
 
 
-@pytest.mark.parametrize("chunk_rows", [7, 40, 64])
-def test_the_chunked_head_gives_the_logits_gradient_in_padded_rows(chunk_rows: int) -> None:
-    torch.manual_seed(0)
-    x, w = torch.randn(40, 16), torch.randn(61, 16)
-    targets = torch.randint(0, 61, (40,))
-    row_loss, grad = head_loss.head_grad(x, w, targets, chunk_rows)
-    want_loss, want_grad = reference_cross_entropy_grad(x @ w.t(), targets)
-    torch.testing.assert_close(row_loss, want_loss)
-    torch.testing.assert_close(grad, want_grad)
-    assert grad.stride() == (64, 1)
-    torch.library.opcheck(head_loss.head_grad, (x, w, targets, chunk_rows))
-
-
 def _losses_and_grads(model: GPT, fused: bool, scale: float, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(head_loss, "kernels_available", lambda device: fused)
     torch.manual_seed(1)
@@ -131,19 +118,6 @@ def test_the_gradient_kernel_matches_pytorch_on_padded_bf16_logits() -> None:
     assert grad.dtype == torch.bfloat16 and grad.is_contiguous()
     torch.testing.assert_close(row_loss, ref_loss, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(grad.float(), ref_grad.float(), atol=1e-9, rtol=2**-7)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not kernels_available(torch.device("cuda")), reason="needs CUDA and Triton")
-def test_the_chunked_head_matches_the_whole_product_and_kernel_on_bf16() -> None:
-    x = torch.randn(10000, 384, device="cuda", dtype=torch.bfloat16)
-    w = torch.randn(4000, 384, device="cuda", dtype=torch.bfloat16) * 0.1
-    targets = torch.randint(0, 4000, (10000,), device="cuda")
-    row_loss, grad = head_loss.head_grad(x, w, targets, 4096)
-    ref_loss, ref_grad = torch.ops.alpha.cross_entropy_grad(x @ w.t(), targets)
-    assert grad.stride() == (4032, 1)
-    torch.testing.assert_close(row_loss, ref_loss)
-    torch.testing.assert_close(grad, ref_grad)
 
 
 def test_the_trainer_with_accumulation_and_the_flat_buffer_trains_the_same_weights(
