@@ -7,7 +7,8 @@ its gradient, as a step has them: SDPA on views of q, k and v (its output back t
 three gradients concatenated by autograd), against the op (which reads and writes those layouts
 itself). Eight layers' inputs are gone round (more than an H200's L2 at batch 20), each figure
 the mean of 20 replays of a CUDA graph of the eight. ``--sweep`` also times the Triton kernels at
-each block configuration (forward and backward apart) and prints the fastest.
+each block configuration and cap on registers a thread (forward and backward apart) and prints
+the fastest.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ def time_path(fn: Callable[[torch.Tensor], torch.Tensor], xs: list, grads: list)
     return layer_time(forward), layer_time(both)
 
 
+REGISTERS = [None, 168, 128]  # the sweep's caps on registers a thread (None: the compiler's choice)
+
+
 def sweep(xs: list, grads: list) -> None:
     from alpha.model import attention_kernels
 
@@ -68,10 +72,11 @@ def sweep(xs: list, grads: list) -> None:
     seed = dropout_seed(inputs[0].device) if DROPOUT > 0 else None
     saved = [attention.causal_attention(x, HEADS, DROPOUT, seed) for x in inputs]
     results = []
-    for bm, bn, warps, stages in itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4]):
+    grid = itertools.product([64, 128], [32, 64, 128], [4, 8], [2, 3, 4], REGISTERS)
+    for bm, bn, warps, stages, regs in grid:
         if bn > bm:
             continue
-        cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages}
+        cfg = {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": warps, "num_stages": stages, "maxnreg": regs}
         try:
             us = layer_time(
                 lambda cfg=cfg: [
@@ -82,9 +87,17 @@ def sweep(xs: list, grads: list) -> None:
             print(f"  forward {cfg}: {type(e).__name__}", file=sys.stderr)
             continue
         results.append((us, "forward ", cfg))
-    blocks = [(32, 64, 32), (64, 64, 64), (16, 64, 16), (32, 128, 32), (64, 128, 64), (16, 128, 16)]
-    for (m1, n1, n2), warps, stages in itertools.product(blocks, [4, 8], [2, 3, 4]):
-        cfg = {"BLOCK_M1": m1, "BLOCK_N1": n1, "BLOCK_N2": n2, "num_warps": warps, "num_stages": stages}
+    blocks = [(32, 64, 32), (32, 64, 64), (64, 64, 64), (16, 64, 16), (32, 128, 32), (64, 128, 64)]
+    blocks.append((16, 128, 16))
+    for (m1, n1, n2), warps, stages, regs in itertools.product(blocks, [4, 8], [2, 3, 4], REGISTERS):
+        cfg = {
+            "BLOCK_M1": m1,
+            "BLOCK_N1": n1,
+            "BLOCK_N2": n2,
+            "num_warps": warps,
+            "num_stages": stages,
+            "maxnreg": regs,
+        }
         try:
             us = layer_time(
                 lambda cfg=cfg: [

@@ -312,9 +312,14 @@ def _attention_backward_kernel(
     _store_rows(dq_base, queries, row, c0, c1, dq0, dq1, sm_scale, dtype)
 
 
-# the fastest of a sweep on an H200 at batch 20 and 128 (seed shape: T 512, 8 heads of 48)
-FORWARD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}
-BACKWARD = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_N2": 32, "num_warps": 4, "num_stages": 3}
+# The fastest of sweeps on an H200 at batch 20 and 128 (seed shape: T 512, 8 heads of 48).
+# ``maxnreg`` caps the registers of a thread, so that more programs share an SM and one's matrix
+# products run while another's exponentials do: the backward at 158 registers a thread fits
+# three programs of 4 warps on an SM, at 128 four (a few spilled registers cost less than that).
+# With dropout the backward holds more (the hash), and 168 keeps three.
+FORWARD = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "maxnreg": 128}
+BACKWARD = {"BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_N2": 64, "num_warps": 4, "num_stages": 3, "maxnreg": 128}
+BACKWARD_DROPOUT = {**BACKWARD, "maxnreg": 168}
 DELTA_BLOCK = 128
 
 
@@ -353,6 +358,7 @@ def attention_forward(
         DROPOUT=dropout_p > 0,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
+        maxnreg=cfg.get("maxnreg"),
     )
     return out, lse
 
@@ -369,7 +375,7 @@ def attention_backward(
 ) -> torch.Tensor:
     """The (B, T, 3C) gradient of causal attention's qkv, from the contiguous output gradient
     (and the forward's dropout and seed)."""
-    cfg = config or BACKWARD
+    cfg = config or (BACKWARD_DROPOUT if dropout_p > 0 else BACKWARD)
     B, T, C3 = qkv.shape
     C = C3 // 3
     hd = C // n_head
@@ -410,6 +416,7 @@ def attention_backward(
         DROPOUT=dropout_p > 0,
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
+        maxnreg=cfg.get("maxnreg"),
     )
     return dqkv
 
