@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.alpha-installed
 TORCH_CPU := torch==2.13.0
 RUN_DATA := data/synth-chat.txt
+# test processes (pytest-xdist); most tests wait on a subprocess's start, so two halve a 2-core run
+TEST_WORKERS ?= 2
 
 .PHONY: setup run test lint bench clean
 
@@ -33,7 +35,7 @@ run: setup $(RUN_DATA)
 	  --eval-interval 100 --sample-interval 200 --checkpoint-interval 200
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 lint: setup
 	$(BIN)/ruff check alpha tests scripts
