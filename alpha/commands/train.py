@@ -11,7 +11,18 @@ import argparse
 import sys
 from typing import Any
 
-from alpha.config import ACTIVATIONS, BACKENDS, DOMAINS, DTYPES, TOKENIZERS, ModelConfig, TrainConfig, resolve
+from alpha.config import (
+    ACTIVATIONS,
+    BACKENDS,
+    DOMAINS,
+    DTYPES,
+    TOKENIZERS,
+    ModelConfig,
+    TrainConfig,
+    resolve,
+    validate,
+)
+from alpha.data.corpus import check_data_file
 from alpha.errors import ConfigError
 
 HELP = "train a GPT on a text or chat corpus"
@@ -208,6 +219,14 @@ def run(args: argparse.Namespace) -> int:
     for name in IGNORED_REFERENCE_FLAGS:
         if getattr(args, f"ignored_{name}", None) is not None:
             sys.stderr.write(f"[warn] --{name} tuned the reference's Vulkan backend; it has no effect here\n")
+    if args.resume is None:
+        # flags and data files that are wrong fail here, before torch is imported (seconds on a
+        # small machine); the launch checks the same again, and a resume's configs on top
+        model_cfg, train_cfg = configs_from_args(args)
+        validate(model_cfg, train_cfg)
+        check_data_file(train_cfg.data)
+        if train_cfg.val_data is not None:
+            check_data_file(train_cfg.val_data, "val data file")
     from alpha.train.launch import train_from_args
 
     return train_from_args(args)

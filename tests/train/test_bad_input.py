@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_MODEL, run_alpha
+from tests.conftest import REPO, TINY_MODEL, run_alpha
 
 GOOD = "<|user|> hi <|assistant|> hello there <|end_of_text|>"
 
@@ -42,6 +44,30 @@ def files(tmp_path: Path) -> dict[str, Path]:
 
 def test_missing_data_file(tmp_path: Path) -> None:
     assert_one_line_error(run_alpha(*train(tmp_path / "nope.txt")), "does not exist")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--data", "/nonexistent/chat.txt"],
+        ["--data", "{readme}", "--dim", "30", "--heads", "4"],
+        ["--data", "{readme}", "--val-data", "/nonexistent/val.txt"],
+    ],
+)
+def test_wrong_flags_and_data_files_fail_before_torch_is_imported(argv: list[str]) -> None:
+    """The answer comes in a fraction of a second, not after the seconds torch takes to import."""
+    argv = [a.replace("{readme}", str(REPO / "README.md")) for a in argv]
+    code = (
+        "import sys\n"
+        "from alpha.cli import main\n"
+        f"rc = main(['train', *{argv!r}])\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.split() == ["2", "False"], (result.stdout, result.stderr)
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_empty_data_file(files) -> None:
