@@ -87,8 +87,15 @@ def sweep(xs: list, grads: list) -> None:
             print(f"  forward {cfg}: {type(e).__name__}", file=sys.stderr)
             continue
         results.append((us, "forward ", cfg))
-    blocks = [(32, 64, 32), (32, 64, 64), (64, 64, 64), (16, 64, 16), (32, 128, 32), (64, 128, 64)]
-    blocks.append((16, 128, 16))
+    blocks = [
+        (32, 64, 32),
+        (32, 64, 64),
+        (64, 64, 64),
+        (16, 64, 16),
+        (32, 128, 32),
+        (64, 128, 64),
+        (16, 128, 16),
+    ]  # (BLOCK_M1, BLOCK_N1, BLOCK_N2)
     for (m1, n1, n2), warps, stages, regs in itertools.product(blocks, [4, 8], [2, 3, 4], REGISTERS):
         cfg = {
             "BLOCK_M1": m1,
