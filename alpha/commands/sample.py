@@ -23,19 +23,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from alpha.errors import ConfigError
+    from alpha.train.checkpoint_files import find_checkpoint
+
+    # the arguments and the checkpoint's path are checked before torch is imported (seconds)
+    if args.steps <= 0:
+        raise ConfigError("--steps must be > 0")
+    path = find_checkpoint(Path(args.checkpoint), "--checkpoint")
+
     import torch
 
     from alpha.config import ModelConfig, domain_for
     from alpha.data.tokenizer import load_tokenizer
-    from alpha.errors import ConfigError
     from alpha.model.gpt import GPT
     from alpha.train.checkpoint import load_checkpoint
-    from alpha.train.checkpoint_files import find_checkpoint
     from alpha.train.sampling import generate
 
-    if args.steps <= 0:
-        raise ConfigError("--steps must be > 0")
-    path = find_checkpoint(Path(args.checkpoint), "--checkpoint")
     ckpt = load_checkpoint(path)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA GPU is available")

@@ -49,20 +49,17 @@ def test_missing_data_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["--data", "/nonexistent/chat.txt"],
-        ["--data", "{readme}", "--dim", "30", "--heads", "4"],
-        ["--data", "{readme}", "--val-data", "/nonexistent/val.txt"],
+        ["train", "--data", "/nonexistent/chat.txt"],
+        ["train", "--data", "{readme}", "--dim", "30", "--heads", "4"],
+        ["train", "--data", "{readme}", "--val-data", "/nonexistent/val.txt"],
+        ["sample", "--checkpoint", "/nonexistent/run"],
+        ["sample", "--checkpoint", "{readme}", "--steps", "0"],
     ],
 )
-def test_wrong_flags_and_data_files_fail_before_torch_is_imported(argv: list[str]) -> None:
+def test_wrong_flags_and_paths_fail_before_torch_is_imported(argv: list[str]) -> None:
     """The answer comes in a fraction of a second, not after the seconds torch takes to import."""
     argv = [a.replace("{readme}", str(REPO / "README.md")) for a in argv]
-    code = (
-        "import sys\n"
-        "from alpha.cli import main\n"
-        f"rc = main(['train', *{argv!r}])\n"
-        "print(rc, 'torch' in sys.modules)\n"
-    )
+    code = f"import sys\nfrom alpha.cli import main\nrc = main({argv!r})\nprint(rc, 'torch' in sys.modules)\n"
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
