@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from alpha.model.kernel_support import kernels_available
-from alpha.symbio.graph import Add, Basis, Graph, Mul, Scale, evaluate
+from alpha.symbio.activation import evaluate
+from alpha.symbio.graph import Add, Basis, Graph, Mul, Scale
 from alpha.symbio.program import program_tensor
 
 GRAPHS: dict[str, Graph] = {

@@ -227,6 +227,10 @@ def run(args: argparse.Namespace) -> int:
         check_data_file(train_cfg.data)
         if train_cfg.val_data is not None:
             check_data_file(train_cfg.val_data, "val data file")
+        if train_cfg.symbio:
+            from alpha.symbio.preflight import prepare_config
+
+            prepare_config(model_cfg, train_cfg)
     from alpha.train.launch import train_from_args
 
     return train_from_args(args)

@@ -21,7 +21,8 @@ from alpha.model.dropout import Dropout
 from alpha.model.gelu import gelu as gelu_op
 from alpha.model.kernel_support import kernels_available
 from alpha.model.linear import Linear
-from alpha.symbio.graph import GraphActivation, from_json
+from alpha.symbio.activation import GraphActivation
+from alpha.symbio.graph import from_json
 
 
 class Elementwise(nn.Module):

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, GraphActivation, Mul, Scale, dumps
+from alpha.symbio.activation import GraphActivation
+from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale, dumps
 
 if TYPE_CHECKING:
     from alpha.train.trainer import Trainer

@@ -88,7 +88,7 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
 
 def _load_symbio_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
     """Validate the symbio config (and that the search fits the run) before anything starts."""
-    from alpha.symbio.search import prepare_config
+    from alpha.symbio.preflight import prepare_config
 
     prepare_config(model_cfg, train_cfg)
 

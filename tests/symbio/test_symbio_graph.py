@@ -9,17 +9,15 @@ import pytest
 import torch
 
 from alpha.errors import ConfigError
+from alpha.symbio.activation import GraphActivation, build_function, evaluate
 from alpha.symbio.graph import (
     Add,
     Basis,
-    GraphActivation,
     GraphError,
     Mul,
     Scale,
-    build_function,
     depth,
     dumps,
-    evaluate,
     from_json,
     graph_name,
     loads,

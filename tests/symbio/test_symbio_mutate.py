@@ -6,7 +6,8 @@ import random
 
 import torch
 
-from alpha.symbio.graph import BASIS_OPS, Add, Basis, Mul, Scale, evaluate, graph_name, node_count, walk
+from alpha.symbio.activation import evaluate
+from alpha.symbio.graph import BASIS_OPS, Add, Basis, Mul, Scale, graph_name, node_count, walk
 from alpha.symbio.mutate import OPERATORS, ZERO, crossover, mutate, prune, simplify
 
 POOL = list(BASIS_OPS)

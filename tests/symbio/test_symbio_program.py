@@ -10,7 +10,8 @@ import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
 from alpha.model.kernel_support import kernels_available
-from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale, evaluate, within_limits
+from alpha.symbio.activation import evaluate
+from alpha.symbio.graph import BASIS_OPS, Add, Basis, Graph, Mul, Scale, within_limits
 from alpha.symbio.mutate import mutate
 from alpha.symbio.program import (
     FLAG_AT,

@@ -14,7 +14,8 @@ from alpha.cli import build_parser
 from alpha.config import domain_for
 from alpha.events import EventBus, Step, SymbioGeneration
 from alpha.model.gpt import GPT
-from alpha.symbio.graph import Basis, GraphActivation, Scale, to_json
+from alpha.symbio.activation import GraphActivation
+from alpha.symbio.graph import Basis, Scale, to_json
 from alpha.symbio.search import Fusion, attach_search, effective_rank
 from alpha.train.launch import plan_from_args, prepare_data, prepare_tokenizer
 from alpha.train.trainer import RunContext, Trainer

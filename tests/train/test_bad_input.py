@@ -52,6 +52,8 @@ def test_missing_data_file(tmp_path: Path) -> None:
         ["train", "--data", "/nonexistent/chat.txt"],
         ["train", "--data", "{readme}", "--dim", "30", "--heads", "4"],
         ["train", "--data", "{readme}", "--val-data", "/nonexistent/val.txt"],
+        ["train", "--data", "{readme}", "--symbio", "--symbio-config", "/nonexistent/symbio.json"],
+        ["train", "--data", "{readme}", "--activation-graph", '{"type": "basis", "op": "tanh"}'],
         ["sample", "--checkpoint", "/nonexistent/run"],
         ["sample", "--checkpoint", "{readme}", "--steps", "0"],
     ],
@@ -59,7 +61,15 @@ def test_missing_data_file(tmp_path: Path) -> None:
 def test_wrong_flags_and_paths_fail_before_torch_is_imported(argv: list[str]) -> None:
     """The answer comes in a fraction of a second, not after the seconds torch takes to import."""
     argv = [a.replace("{readme}", str(REPO / "README.md")) for a in argv]
-    code = f"import sys\nfrom alpha.cli import main\nrc = main({argv!r})\nprint(rc, 'torch' in sys.modules)\n"
+    code = (
+        "import sys\n"
+        "from alpha.cli import main\n"
+        "try:\n"
+        f"    rc = main({argv!r})\n"
+        "except SystemExit as exc:  # argparse's errors\n"
+        "    rc = exc.code\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
     )
