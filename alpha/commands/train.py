@@ -208,6 +208,22 @@ def configs_from_args(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfi
     return resolve(model_flags, train_flags)
 
 
+def checked_configs(args: argparse.Namespace) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a new run (not a resume) with every check that needs no torch passed: the
+    flags, the data files, the symbio config and whether its search fits ``--iters``. Raises
+    ConfigError otherwise."""
+    model_cfg, train_cfg = configs_from_args(args)
+    validate(model_cfg, train_cfg)
+    check_data_file(train_cfg.data)
+    if train_cfg.val_data is not None:
+        check_data_file(train_cfg.val_data, "val data file")
+    if train_cfg.symbio:
+        from alpha.symbio.preflight import prepare_config  # not needed by `alpha --help`
+
+        prepare_config(model_cfg, train_cfg)
+    return model_cfg, train_cfg
+
+
 def given_flags(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """The model and train fields the user gave explicitly (for resume overrides)."""
     model = {f: getattr(args, d) for d, f in MODEL_FLAGS.items() if getattr(args, d) is not None}
@@ -220,17 +236,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, f"ignored_{name}", None) is not None:
             sys.stderr.write(f"[warn] --{name} tuned the reference's Vulkan backend; it has no effect here\n")
     if args.resume is None:
-        # flags and data files that are wrong fail here, before torch is imported (seconds on a
-        # small machine); the launch checks the same again, and a resume's configs on top
-        model_cfg, train_cfg = configs_from_args(args)
-        validate(model_cfg, train_cfg)
-        check_data_file(train_cfg.data)
-        if train_cfg.val_data is not None:
-            check_data_file(train_cfg.val_data, "val data file")
-        if train_cfg.symbio:
-            from alpha.symbio.preflight import prepare_config
-
-            prepare_config(model_cfg, train_cfg)
+        # wrong flags and files fail here, before torch is imported (seconds on a small machine);
+        # the launch plans from the same checks (a resume's from its checkpoint)
+        checked_configs(args)
     from alpha.train.launch import train_from_args
 
     return train_from_args(args)

@@ -50,6 +50,7 @@ from alpha.sinks.discord import from_env as discord_sink
 from alpha.sinks.jsonl import EventsSink, MetricsSink
 from alpha.sinks.logfile import ConsoleSink, LogFileSink
 from alpha.sinks.remote import from_env as remote_sink
+from alpha.symbio.preflight import prepare_config
 from alpha.train.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
 from alpha.train.checkpoint_files import find_checkpoint
 from alpha.train.sampler_process import sampler_mode
@@ -69,14 +70,11 @@ class RunPlan:
 
 # ---------------------------------------------------------------------------- configs
 def plan_from_args(args: argparse.Namespace) -> RunPlan:
-    from alpha.commands.train import configs_from_args, given_flags
+    from alpha.commands.train import checked_configs, given_flags
 
     if args.resume:
         return _plan_resume(args, *given_flags(args))
-    model_cfg, train_cfg = configs_from_args(args)
-    validate(model_cfg, train_cfg)
-    if train_cfg.symbio:
-        _load_symbio_config(model_cfg, train_cfg)
+    model_cfg, train_cfg = checked_configs(args)
     if train_cfg.run_dir:
         run_dir = Path(train_cfg.run_dir)
         run_id = run_dir.name
@@ -84,13 +82,6 @@ def plan_from_args(args: argparse.Namespace) -> RunPlan:
         run_id = new_run_id(train_cfg.data)
         run_dir = Path("runs") / run_id
     return RunPlan(model_cfg, train_cfg, run_id, run_dir)
-
-
-def _load_symbio_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
-    """Validate the symbio config (and that the search fits the run) before anything starts."""
-    from alpha.symbio.preflight import prepare_config
-
-    prepare_config(model_cfg, train_cfg)
 
 
 # Model fields that change no parameter, so a resumed run may set them anew (more dropout for a run
@@ -137,7 +128,7 @@ def _plan_resume(
         setattr(train_cfg, field, value)
     validate(model_cfg, train_cfg)
     if "symbio_config_path" in train_given or (train_cfg.symbio and train_cfg.symbio_config is None):
-        _load_symbio_config(model_cfg, train_cfg)
+        prepare_config(model_cfg, train_cfg)
     if ckpt.step >= train_cfg.iters:
         raise ConfigError(
             f"checkpoint is at step {ckpt.step}, already at --iters {train_cfg.iters}; raise --iters"
