@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alpha.config import ModelConfig
+from alpha.model import ffn_gelu
 from alpha.model.dropout import Dropout
 from alpha.model.gelu import gelu as gelu_op
 from alpha.model.kernel_support import kernels_available
@@ -99,6 +100,12 @@ class MLP(nn.Module):
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            isinstance(self.act, Elementwise)
+            and self.act.fn is _gelu_tanh
+            and ffn_gelu.applies(x, self.fc1, self.fc2)
+        ):
+            return self.dropout(ffn_gelu.gelu_ffn(x, self.fc1, self.fc2))  # GELU in the GEMMs
         h = self.fc1(x)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
