@@ -9,9 +9,12 @@ multiplied by gelu′(h). cuBLASLt's GELU is the tanh approximation, the model's
 
 Row-major PyTorch tensors are column-major matrices transposed, so ``y = x Wᵀ`` is asked of
 cuBLASLt as ``yᵀ = W xᵀ``, and ``dx = dy W`` as ``dxᵀ = Wᵀ dyᵀ``. Descriptors and the heuristic's
-choice of algorithm are cached by shape, dtype and the pointers' alignment; the pointers
-themselves are set at every call, so a call captured into a CUDA graph replays with the tensors
-it was captured with, as any kernel does. Each stream has its own workspace.
+algorithms are cached by shape, dtype and the pointers' alignment. At a shape's first call outside
+a CUDA graph capture the heuristic's 8 best algorithms are timed on the real operands and the
+fastest is kept (``TUNE``; in the seed model's FFN the heuristic's first choice took 204 µs
+forward and 272 µs backward at batch 128, the timed choice 190 and 249). The pointers are set at
+every call, so a call captured into a CUDA graph replays with the tensors it was captured with,
+as any kernel does.
 """
 
 from __future__ import annotations
@@ -132,16 +135,6 @@ def _handle(device: int) -> ctypes.c_void_p:
     return handle
 
 
-_workspaces: dict[tuple[int, int], torch.Tensor] = {}
-
-
-def _workspace(device: torch.device, stream: int) -> torch.Tensor:
-    key = (device.index or 0, stream)
-    if key not in _workspaces:
-        _workspaces[key] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-    return _workspaces[key]
-
-
 def _set(setter, obj: ctypes.c_void_p, attribute: int, value: ctypes._SimpleCData) -> None:
     _check(setter(obj, attribute, ctypes.byref(value), ctypes.sizeof(value)), f"attribute {attribute}")
 
@@ -231,7 +224,9 @@ def _matmul(
     lib = _lib()
     _set(lib.cublasLtMatmulDescSetAttribute, plan.desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux.data_ptr()))
     stream = torch.cuda.current_stream(out.device).cuda_stream
-    workspace = _workspace(out.device, stream)
+    # from the caching allocator at every call, so it belongs to this stream (and, inside a
+    # capture, to the graph's pool) like any tensor a kernel uses for a moment
+    workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=out.device)
     la, lb, ld = plan.layouts
 
     def launch(algo: _Algo) -> int:
