@@ -1,5 +1,5 @@
 """Shared fixtures: a small chat corpus, an isolated cache directory, a CLI runner, an event recorder,
-and the capture of a function into a CUDA graph."""
+the capture of a function into a CUDA graph, and a fresh torch.compile state for every test."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("alpha-cache")
     os.environ["ALPHA_CACHE_DIR"] = str(cache)
     return cache
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo() -> Any:
+    """Forget what torch.compile traced for the test before: its code caches are per process, and
+    tests that compile the model with their own patches would otherwise add up to Dynamo's
+    recompile limit in one worker."""
+    yield
+    if "torch._dynamo" in sys.modules:
+        torch._dynamo.reset()
 
 
 @pytest.fixture(scope="session")

@@ -90,18 +90,7 @@ def _lib() -> ctypes.CDLL:
         "cublasLtMatrixLayoutCreate": [ctypes.POINTER(p), i, u64, u64, i64],
         "cublasLtMatmulPreferenceCreate": [ctypes.POINTER(p)],
         "cublasLtMatmulPreferenceSetAttribute": [p, i, p, sz],
-        "cublasLtMatmulAlgoGetHeuristic": [
-            p,
-            p,
-            p,
-            p,
-            p,
-            p,
-            p,
-            i,
-            ctypes.POINTER(_HeuristicResult),
-            ctypes.POINTER(i),
-        ],
+        "cublasLtMatmulAlgoGetHeuristic": [*[p] * 7, i, ctypes.POINTER(_HeuristicResult), ctypes.POINTER(i)],
         "cublasLtMatmul": [p, p, p, p, p, p, p, p, p, p, p, p, ctypes.POINTER(_Algo), p, sz, p],
     }
     for name, argtypes in signatures.items():
@@ -135,7 +124,9 @@ def _handle(device: int) -> ctypes.c_void_p:
     return handle
 
 
-def _set(setter, obj: ctypes.c_void_p, attribute: int, value: ctypes._SimpleCData) -> None:
+def _set(
+    setter: Callable[..., int], obj: ctypes.c_void_p, attribute: int, value: ctypes._SimpleCData
+) -> None:
     _check(setter(obj, attribute, ctypes.byref(value), ctypes.sizeof(value)), f"attribute {attribute}")
 
 
