@@ -82,18 +82,19 @@ def _shape(args: argparse.Namespace) -> dict[str, int]:
     return {k: getattr(args, k) for k in ("dim", "heads", "layers", "block", "batch", "vocab")}
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
+def checked_configs(args: argparse.Namespace) -> tuple[Any, Any, dict[str, int]]:
+    """The bench's model and train configs and its shape, every flag checked (``ConfigError``)
+    before torch is imported."""
     from alpha.config import resolve, validate
-    from alpha.data.tokens import TokenData
-    from alpha.events import EventBus
-    from alpha.model.gpt import GPT, flops_per_token
-    from alpha.train.launch import resolve_device, resolve_precision
-    from alpha.train.trainer import RunContext, Trainer
+    from alpha.errors import ConfigError
 
+    if args.steps < 1 or args.warmup_steps < 0 or args.repeat < 1:
+        raise ConfigError("--steps and --repeat must be at least 1, --warmup-steps at least 0")
+    if args.activation_program and args.activation_graph is None:
+        raise ConfigError("--activation-program needs --activation-graph")
     shape = _shape(args)
+    if shape["vocab"] < 2:
+        raise ConfigError("--vocab must be at least 2")
     backend = {"auto": "auto", "cpu": "cpu", "cuda": "cuda"}.get(args.device, args.device)
     model_cfg, train_cfg = resolve(
         {
@@ -123,6 +124,20 @@ def run(args: argparse.Namespace) -> int:
     )
     validate(model_cfg, train_cfg)
     model_cfg.vocab_size = shape["vocab"]
+    return model_cfg, train_cfg, shape
+
+
+def run(args: argparse.Namespace) -> int:
+    model_cfg, train_cfg, shape = checked_configs(args)  # wrong flags fail here, before torch loads
+    import numpy as np
+    import torch
+
+    from alpha.data.tokens import TokenData
+    from alpha.events import EventBus
+    from alpha.model.gpt import GPT, flops_per_token
+    from alpha.train.launch import resolve_device, resolve_precision
+    from alpha.train.trainer import RunContext, Trainer
+
     device = resolve_device(train_cfg, 0)
     if train_cfg.compile is None:
         train_cfg.compile = device.type == "cuda"
@@ -244,8 +259,7 @@ def _use_program(trainer: Any, graph_json: dict | None) -> None:
     from alpha.symbio.graph import from_json
     from alpha.symbio.program import ProgramTooLarge, install_programs
 
-    if graph_json is None:
-        raise ConfigError("--activation-program needs --activation-graph")
+    assert graph_json is not None  # checked_configs asked for --activation-graph
     try:
         install_programs(trainer, from_json(graph_json))
     except ProgramTooLarge as exc:

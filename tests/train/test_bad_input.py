@@ -56,6 +56,11 @@ def test_missing_data_file(tmp_path: Path) -> None:
         ["train", "--data", "{readme}", "--activation-graph", '{"type": "basis", "op": "tanh"}'],
         ["sample", "--checkpoint", "/nonexistent/run"],
         ["sample", "--checkpoint", "{readme}", "--steps", "0"],
+        ["bench", "--dim", "30", "--heads", "4"],
+        ["bench", "--steps", "0"],
+        ["bench", "--activation-program"],
+        ["bench", "--activation-graph", '{"type": "basis", "op": "tanh"}'],
+        ["bench", "--vocab", "1"],
     ],
 )
 def test_wrong_flags_and_paths_fail_before_torch_is_imported(argv: list[str]) -> None:
