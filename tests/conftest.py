@@ -153,3 +153,57 @@ def capture(fn: Callable[[], T], warmup: int = 1) -> tuple[torch.cuda.CUDAGraph,
     with torch.cuda.graph(graph):
         out = fn()
     return graph, out
+
+
+def assert_compiled_with_slots_matches_eager(cfg: Any) -> None:
+    """``GPT(cfg)`` with the side stream's slots, compiled as one graph, gives the loss and every
+    gradient (under a loss scale of 0.5) of an eager copy without slots. Callers open their op's
+    gate for tracing only (``torch.compiler.is_compiling()``), so the compiled code runs the ops'
+    PyTorch forms on the CPU."""
+    import copy
+
+    from alpha.model.gpt import GPT
+    from alpha.model.linear import WeightGradStream, compile_options
+
+    torch.manual_seed(0)
+    plain = GPT(cfg)
+    model = copy.deepcopy(plain)
+    stream = WeightGradStream(torch.device("cpu"))  # kept: slots refer to it weakly
+    stream.attach(model)
+    compiled = torch.compile(model, options=compile_options(model), fullgraph=True)
+    x, y = torch.randint(0, cfg.vocab_size, (3, 32)), torch.randint(0, cfg.vocab_size, (3, 32))
+    loss = compiled(x, y)
+    (loss * 0.5).backward()
+    reference = plain(x, y)
+    (reference * 0.5).backward()
+    torch.testing.assert_close(loss, reference)
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def assert_gate_changes_nothing(cfg: Any, slots: bool, set_gate: Callable[[bool], None]) -> None:
+    """``GPT(cfg)`` (with the side stream's slots or without) gives the same loss and every
+    parameter's gradient, under a loss scale of 0.37 (a micro-batch's share), with its op's gate
+    open (``set_gate(True)``) as shut; on the CPU the op runs its PyTorch form. One forward pass
+    runs with the gate open, the first, for the caller's count of its op's calls."""
+    from alpha.model.gpt import GPT
+    from alpha.model.linear import WeightGradStream
+
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    stream = WeightGradStream(torch.device("cpu"))  # kept: slots refer to it weakly
+    if slots:
+        stream.attach(model)
+    results = []
+    for gate in (True, False):
+        set_gate(gate)
+        torch.manual_seed(1)
+        x, y = torch.randint(0, cfg.vocab_size, (3, 32)), torch.randint(0, cfg.vocab_size, (3, 32))
+        loss = model(x, y)
+        (loss * 0.37).backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+        model.zero_grad(set_to_none=True)
+    (fused_loss, fused), (plain_loss, plain) = results
+    torch.testing.assert_close(fused_loss, plain_loss)
+    for name in plain:
+        torch.testing.assert_close(fused[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)

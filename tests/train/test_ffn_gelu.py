@@ -16,42 +16,26 @@ from alpha.model import cublaslt, ffn_gelu
 from alpha.model.activations import Elementwise, plain_gelu
 from alpha.model.gelu import reference_backward
 from alpha.model.gpt import GPT
-from alpha.model.linear import WeightGradStream, compile_options
+from alpha.model.linear import WeightGradStream
+from tests.conftest import assert_compiled_with_slots_matches_eager, assert_gate_changes_nothing
 
 CFG = ModelConfig(vocab_size=61, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 needs_cublaslt = pytest.mark.skipif(not cublaslt.available(), reason="needs CUDA")
-
-
-def _losses_and_grads(model: GPT, fused: bool, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(ffn_gelu, "applies", lambda x, fc1, fc2: fused)
-    torch.manual_seed(1)
-    x, y = torch.randint(0, 61, (3, 32)), torch.randint(0, 61, (3, 32))
-    loss = model(x, y)
-    (loss * 0.37).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    return loss.detach(), grads
 
 
 @pytest.mark.parametrize("slots", [False, True])
 def test_the_model_trains_through_the_fused_ffn_as_through_fc1_gelu_fc2(
     slots: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    torch.manual_seed(0)
-    model = GPT(CFG)
-    stream = WeightGradStream(torch.device("cpu"))  # kept: slots refer to it weakly
-    if slots:
-        stream.attach(model)
     calls = []
     real = ffn_gelu._GeluFFN.apply
     monkeypatch.setattr(ffn_gelu._GeluFFN, "apply", lambda *a: calls.append(1) or real(*a))
-    fused_loss, fused = _losses_and_grads(model, True, monkeypatch)
-    assert len(calls) == CFG.n_layer, "the fused FFN did not run in every block"
-    plain_loss, plain = _losses_and_grads(model, False, monkeypatch)
-    assert len(calls) == CFG.n_layer
-    torch.testing.assert_close(fused_loss, plain_loss)
-    for name in plain:
-        torch.testing.assert_close(fused[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+    def set_gate(gate: bool) -> None:
+        monkeypatch.setattr(ffn_gelu, "applies", lambda x, fc1, fc2: gate)
+
+    assert_gate_changes_nothing(CFG, slots, set_gate)
+    assert len(calls) == CFG.n_layer, "the fused FFN did not run once in every block"
 
 
 def test_the_fused_ffn_applies_only_to_16_bit_training(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,20 +74,7 @@ def test_the_compiled_model_with_slots_matches_the_eager_unfused_model(
     """One graph with both ops of the fused FFN and the side stream's (the gate opened for tracing
     only, so the compiled code runs the ops' PyTorch forms)."""
     monkeypatch.setattr(ffn_gelu, "applies", lambda x, fc1, fc2: torch.compiler.is_compiling())
-    torch.manual_seed(0)
-    plain = GPT(CFG)
-    model = copy.deepcopy(plain)
-    stream = WeightGradStream(torch.device("cpu"))
-    stream.attach(model)
-    compiled = torch.compile(model, options=compile_options(model), fullgraph=True)
-    x, y = torch.randint(0, 61, (3, 32)), torch.randint(0, 61, (3, 32))
-    loss = compiled(x, y)
-    (loss * 0.5).backward()
-    reference = plain(x, y)
-    (reference * 0.5).backward()
-    torch.testing.assert_close(loss, reference)
-    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert_compiled_with_slots_matches_eager(CFG)
 
 
 def _gelu_erf(x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ side stream's slots; the gradient op against PyTorch, and its Triton kernel on a
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from alpha.config import ModelConfig
 from alpha.model import head_loss
 from alpha.model.gpt import GPT
 from alpha.model.kernel_support import kernels_available
-from alpha.model.linear import WeightGradStream, compile_options
 from alpha.model.losses import reference_cross_entropy_grad
+from tests.conftest import assert_compiled_with_slots_matches_eager, assert_gate_changes_nothing
 
 CFG = ModelConfig(vocab_size=61, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -35,38 +34,21 @@ def test_the_gradient_op_is_the_mean_cross_entropys_gradient() -> None:
     assert row_loss16.dtype == torch.float32 and grad16.dtype == torch.bfloat16
 
 
-def _losses_and_grads(model: GPT, fused: bool, scale: float, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setattr(head_loss, "kernels_available", lambda device: fused)
-    torch.manual_seed(1)
-    x, y = torch.randint(0, 61, (3, 32)), torch.randint(0, 61, (3, 32))
-    loss = model(x, y)
-    (loss * scale).backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    return loss.detach(), grads
-
-
 @pytest.mark.parametrize("slots", [False, True])
 def test_the_model_trains_through_the_fused_head_as_through_the_logits(
     slots: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The gate opened on the CPU (the op runs its PyTorch form): the loss and every parameter's
     gradient, under a loss scale of 0.37 (a micro-batch's share), equal the unfused path's."""
-    torch.manual_seed(0)
-    model = GPT(CFG)
-    stream = WeightGradStream(torch.device("cpu"))  # kept: slots refer to it weakly
-    if slots:
-        stream.attach(model)
     calls = []
     real = head_loss._HeadLoss.apply
     monkeypatch.setattr(head_loss._HeadLoss, "apply", lambda *a: calls.append(1) or real(*a))
-    fused_loss, fused = _losses_and_grads(model, True, 0.37, monkeypatch)
-    assert calls, "the fused head did not run"
-    plain_loss, plain = _losses_and_grads(model, False, 0.37, monkeypatch)
-    assert len(calls) == 1
-    torch.testing.assert_close(fused_loss, plain_loss)
-    for name in plain:
-        torch.testing.assert_close(fused[name], plain[name], atol=1e-6, rtol=1e-5, msg=name)
+
+    def set_gate(gate: bool) -> None:
+        monkeypatch.setattr(head_loss, "kernels_available", lambda device: gate)
+
+    assert_gate_changes_nothing(CFG, slots, set_gate)
+    assert len(calls) == 1, "the fused head did not run exactly once"
 
 
 def test_the_fused_head_stays_out_of_evaluation_and_fp16(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,20 +73,7 @@ def test_the_compiled_model_with_slots_matches_the_eager_unfused_model(
     """One graph with the gradient op and the side stream's op in it (the gate opened for tracing
     only, so the compiled code runs the ops' PyTorch forms)."""
     monkeypatch.setattr(head_loss, "kernels_available", lambda device: torch.compiler.is_compiling())
-    torch.manual_seed(0)
-    plain = GPT(CFG)
-    model = copy.deepcopy(plain)
-    stream = WeightGradStream(torch.device("cpu"))
-    stream.attach(model)
-    compiled = torch.compile(model, options=compile_options(model), fullgraph=True)
-    x, y = torch.randint(0, 61, (3, 32)), torch.randint(0, 61, (3, 32))
-    loss = compiled(x, y)
-    (loss * 0.5).backward()
-    reference = plain(x, y)
-    (reference * 0.5).backward()
-    torch.testing.assert_close(loss, reference)
-    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert_compiled_with_slots_matches_eager(CFG)
 
 
 @pytest.mark.gpu
