@@ -12,13 +12,12 @@ fp32 reference, beside the unfused path's.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_model_kernels import _copies, graph_time  # noqa: E402
+from bench_model_kernels import _copies, graph_time, rows_arguments  # noqa: E402
 
 from alpha.model.gelu import reference_backward  # noqa: E402
 
@@ -97,13 +96,7 @@ def report(rows: int, cold: bool, dim: int = 384, hidden: int = 1536) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rows", type=int, nargs="+", default=[10240, 65536])
-    p.add_argument("--cold", action="store_true", help="every call reads fresh inputs (not from L2)")
-    args = p.parse_args()
-    if not torch.cuda.is_available():
-        print("bench_ffn_gelu: needs a CUDA GPU", file=sys.stderr)
-        raise SystemExit(2)
+    args = rows_arguments(__doc__, "bench_ffn_gelu")
     for rows in args.rows:
         report(rows, args.cold)
 

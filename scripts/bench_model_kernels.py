@@ -134,14 +134,20 @@ def _line(label: str, times: tuple[float, float], nbytes: int, other: str = "ind
     print(f"  {label} ours {times[0]:7.1f} us | {other} {times[1]:7.1f} us | floor {floor:7.1f} us")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def rows_arguments(doc: str, name: str) -> argparse.Namespace:
+    """``--rows`` and ``--cold`` of a kernel benchmark, parsed; exit 2 with one line without CUDA."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[10240, 65536])
     p.add_argument("--cold", action="store_true", help="every call reads fresh inputs (not from L2)")
     args = p.parse_args()
     if not torch.cuda.is_available():
-        print("bench_model_kernels: needs a CUDA GPU", file=sys.stderr)
+        print(f"{name}: needs a CUDA GPU", file=sys.stderr)
         raise SystemExit(2)
+    return args
+
+
+def main() -> None:
+    args = rows_arguments(__doc__, "bench_model_kernels")
     from alpha.model.gelu_kernels import gelu_backward, gelu_forward
     from alpha.model.loss_kernels import logsumexp_target
 

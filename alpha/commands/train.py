@@ -235,10 +235,9 @@ def run(args: argparse.Namespace) -> int:
     for name in IGNORED_REFERENCE_FLAGS:
         if getattr(args, f"ignored_{name}", None) is not None:
             sys.stderr.write(f"[warn] --{name} tuned the reference's Vulkan backend; it has no effect here\n")
-    if args.resume is None:
-        # wrong flags and files fail here, before torch is imported (seconds on a small machine);
-        # the launch plans from the same checks (a resume's from its checkpoint)
-        checked_configs(args)
+    # wrong flags and files fail here, before torch is imported (seconds on a small machine); the
+    # launch plans a new run from these configs (a resume from its checkpoint)
+    configs = checked_configs(args) if args.resume is None else None
     from alpha.train.launch import train_from_args
 
-    return train_from_args(args)
+    return train_from_args(args, configs)

@@ -69,12 +69,15 @@ class RunPlan:
 
 
 # ---------------------------------------------------------------------------- configs
-def plan_from_args(args: argparse.Namespace) -> RunPlan:
+def plan_from_args(
+    args: argparse.Namespace, configs: tuple[ModelConfig, TrainConfig] | None = None
+) -> RunPlan:
+    """The run ``args`` ask for; ``configs``: a new run's, already checked by ``checked_configs``."""
     from alpha.commands.train import checked_configs, given_flags
 
     if args.resume:
         return _plan_resume(args, *given_flags(args))
-    model_cfg, train_cfg = checked_configs(args)
+    model_cfg, train_cfg = configs or checked_configs(args)
     if train_cfg.run_dir:
         run_dir = Path(train_cfg.run_dir)
         run_id = run_dir.name
@@ -339,8 +342,8 @@ def exit_code(end: RunEnd, stop_signal: int | None, unhealthy_code: int | None) 
     return EXIT_FAILURE
 
 
-def train_from_args(args: argparse.Namespace) -> int:
-    plan = plan_from_args(args)
+def train_from_args(args: argparse.Namespace, configs: tuple[ModelConfig, TrainConfig] | None = None) -> int:
+    plan = plan_from_args(args, configs)
     if plan.train_cfg.gpus > 1 and "WORLD_SIZE" not in os.environ:
         check_gpus(plan.train_cfg.gpus, plan.train_cfg.backend)
         exec_torchrun(plan.train_cfg.gpus)
